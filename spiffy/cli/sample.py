@@ -1,0 +1,81 @@
+"""`spiffy sample`: decode one prompt and print the text (or one JSON object)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import main
+
+
+def decode_options(f):
+    """The baseline sampler's options, shared by every command that decodes."""
+    opts = [
+        click.option("--gen-length", default=128, show_default=True, help="Tokens to generate."),
+        click.option("--block-length", default=32, show_default=True, help="Block size (decoded left to right)."),
+        click.option("--steps", type=int, default=None, help="Denoising steps in all [default: gen-length]."),
+        click.option("--tokens-per-step", type=int, default=None, help="Commit k tokens per step (instead of --steps)."),
+        click.option("--temperature", default=0.0, show_default=True, help="Sampling temperature (0 = greedy)."),
+        click.option("--cfg-scale", default=0.0, show_default=True, help="Classifier-free guidance scale."),
+        click.option("--remasking", type=click.Choice(["low_confidence", "random", "margin", "entropy"]),
+                     default="low_confidence", show_default=True, help="Confidence used to order positions."),
+        click.option("--threshold", type=float, default=None,
+                     help="Confidence-threshold parallel decoding (Fast-dLLM), in (0, 1]."),
+        click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True,
+                     help="KV cache (Fast-dLLM prefix or dual cache)."),
+        click.option("--sampler", type=click.Choice(["llada", "dream"]), default=None,
+                     help="Sampler family [default: the model's own]."),
+        click.option("--top-p", type=float, default=None, help="Nucleus filtering (Dream sampler)."),
+        click.option("--top-k", type=int, default=None, help="Top-k filtering (Dream sampler)."),
+        click.option("--early-stop/--no-early-stop", default=False, show_default=True,
+                     help="Stop after the block in which EOS/end-of-turn was committed."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the keyed per-step noise."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def config_from(kw: dict):
+    from ..sampling.config import GenerationConfig
+
+    keys = ("gen_length", "block_length", "steps", "tokens_per_step", "temperature", "cfg_scale", "remasking",
+            "threshold", "cache", "sampler", "top_p", "top_k", "early_stop", "seed")
+    return GenerationConfig(**{k: kw.pop(k) for k in keys})
+
+
+def fail(msg: str):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@main.command()
+@click.option("--model", "model", default=None,
+              help="Checkpoint directory, hub id, or tiny-llada/tiny-dream [default: the bundled reference dLLM].")
+@click.option("--prompt", required=True, help="Prompt text.")
+@decode_options
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
+@click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32, fp64.")
+@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text.")
+def sample(model, prompt, device, dtype, raw, as_json, **kw):
+    """Generate a continuation of PROMPT with the baseline sampler."""
+    from ..errors import SpiffyError
+    from ..generate import generate
+    from ..backends import load_backend
+
+    try:
+        cfg = config_from(kw)
+        backend = load_backend(model, device=device, dtype=dtype)
+        res = generate(backend, prompt, cfg, chat=not raw)
+    except SpiffyError as e:
+        fail(str(e))
+    if as_json:
+        out = {"model": backend.name, "prompt_ids": res.prompt_ids[0], "token_ids": res.token_ids[0],
+               "text": res.text[0], "nfe": res.nfe, "wall_s": round(res.wall_s, 4),
+               "tokens_processed": res.tokens_processed, "block_steps": res.block_steps,
+               "tokens_per_s": round(len(res.token_ids[0]) / res.wall_s, 3), "config": res.config}
+        click.echo(json.dumps(out))
+    else:
+        click.echo(res.text[0])

@@ -1,0 +1,103 @@
+"""Decoding configuration (a dataclass, as in transformers' GenerationConfig)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from ..errors import ConfigError
+
+CACHE_MODES = ("none", "prefix", "dual")
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+SAMPLERS = ("llada", "dream")
+
+
+@dataclass
+class GenerationConfig:
+    """How the baseline masked-diffusion sampler decodes.
+
+    gen_length masks follow the prompt and are decoded in blocks of ``block_length``, left to right.
+    ``steps`` (default: gen_length, i.e. one token per step) are split evenly over blocks; or give
+    ``tokens_per_step`` (k) instead. With ``threshold`` set, every masked position of the block whose
+    confidence reaches it is committed (at least one per step; Fast-dLLM), and ``steps`` is ignored.
+
+    ``sampler``: "llada" (Gumbel-max candidates in float64, LLaDA's even commit schedule) or "dream"
+    (categorical candidates with top-p/top-k, Dream's linear-time schedule); None picks the model
+    family's own. ``remasking``: confidence used to order positions: low_confidence (probability of the
+    candidate; Dream's maskgit_plus), random, margin (top1 − top2; Dream's topk_margin), entropy
+    (negative entropy; Dream's entropy).
+
+    Noise is drawn from a generator keyed by (seed, block, step), never from a shared stream.
+    """
+
+    gen_length: int = 128
+    block_length: int = 32
+    steps: Optional[int] = None
+    tokens_per_step: Optional[int] = None
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    threshold: Optional[float] = None
+    cache: str = "none"
+    seed: int = 0
+    sampler: Optional[str] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    alg_temp: Optional[float] = None
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    early_stop: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    def resolved_steps(self) -> int:
+        if self.tokens_per_step is not None:
+            return self.gen_length // self.tokens_per_step
+        return self.steps if self.steps is not None else self.gen_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.resolved_steps() // self.num_blocks
+
+    def validate(self, prompt_length: int = 0, context_length: Optional[int] = None) -> "GenerationConfig":
+        if self.gen_length <= 0:
+            raise ConfigError(f"gen_length must be positive, got {self.gen_length}")
+        if self.block_length <= 0 or self.gen_length % self.block_length:
+            raise ConfigError(f"gen_length {self.gen_length} is not divisible by block_length {self.block_length}")
+        if self.tokens_per_step is not None:
+            if self.steps is not None:
+                raise ConfigError("give steps or tokens_per_step, not both")
+            if self.tokens_per_step <= 0 or self.block_length % self.tokens_per_step:
+                raise ConfigError(
+                    f"tokens_per_step {self.tokens_per_step} must divide block_length {self.block_length}")
+        steps = self.resolved_steps()
+        if steps <= 0 or steps % self.num_blocks:
+            raise ConfigError(f"steps {steps} is not divisible by the number of blocks {self.num_blocks}")
+        if steps > self.gen_length:
+            raise ConfigError(f"steps {steps} exceed gen_length {self.gen_length}: a step would commit nothing")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold must lie in (0, 1], got {self.threshold}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.cfg_scale < 0:
+            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"remasking must be one of {REMASKING}, got {self.remasking!r}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k <= 0:
+            raise ConfigError(f"top_k must be positive, got {self.top_k}")
+        if prompt_length <= 0:
+            raise ConfigError("the prompt is empty")
+        if context_length is not None and prompt_length + self.gen_length > context_length:
+            raise ConfigError(f"prompt ({prompt_length} tokens) + gen_length ({self.gen_length}) exceeds the model's "
+                              f"context of {context_length} tokens")
+        return self

@@ -1,0 +1,139 @@
+"""One denoising step of the baseline sampler: (block state, logits, step noise) -> next block state.
+
+This is the single transition rule every decoder in spiffy uses. Spiffy's speculative decoder calls
+the same function with the same keyed noise, so an accepted draft is the state the baseline reaches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .config import GenerationConfig
+
+NEG_INF = float("-inf")
+EOS_FLOOR = -1e300
+
+
+@dataclass
+class StepOutcome:
+    tokens: torch.Tensor      # [B, n] next block state
+    x0: torch.Tensor          # [B, n] candidate token at every position
+    confidence: torch.Tensor  # [B, n] float64, -inf at positions that were not masked
+    committed: torch.Tensor   # [B, n] bool, positions unmasked by this step
+
+
+def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+    cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    remove = cum > top_p
+    remove[..., 1:] = remove[..., :-1].clone()
+    remove[..., 0] = False
+    drop = torch.zeros_like(remove).scatter(-1, idx, remove)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def _filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    k = min(top_k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def llada_candidates(logits, temperature, gen):
+    """LLaDA: x0 = argmax(exp(l) / (-log u)^T) with l, u in float64 (T > 0); plain argmax at T = 0.
+    Returns x0 and the float64 softmax probabilities."""
+    l64 = logits.to(torch.float64)
+    if temperature > 0:
+        u = torch.rand(l64.shape, dtype=torch.float64, generator=gen, device=l64.device)
+        x0 = torch.argmax(l64.exp() / (-torch.log(u)) ** temperature, dim=-1)
+    else:
+        x0 = torch.argmax(logits, dim=-1)
+    return x0, torch.softmax(l64, dim=-1)
+
+
+def dream_candidates(logits, temperature, top_p, top_k, gen):
+    """Dream: temperature scaling, top-p then top-k filtering, softmax, then a categorical draw (T > 0)
+    or the argmax (T = 0). Probabilities in float64."""
+    l64 = logits.to(torch.float64)
+    if temperature > 0:
+        l64 = l64 / temperature
+    if top_p is not None and top_p < 1:
+        l64 = _filter_top_p(l64, top_p)
+    if top_k is not None:
+        l64 = _filter_top_k(l64, top_k)
+    probs = torch.softmax(l64, dim=-1)
+    if temperature > 0:
+        flat = probs.reshape(-1, probs.shape[-1])
+        x0 = torch.multinomial(flat, 1, generator=gen).view(probs.shape[:-1])
+    else:
+        x0 = probs.argmax(-1)
+    return x0, probs
+
+
+def confidence_of(kind, x0, probs, gen):
+    if kind == "low_confidence":
+        return torch.gather(probs, -1, x0[..., None]).squeeze(-1)
+    if kind == "random":
+        return torch.rand(x0.shape, dtype=torch.float64, generator=gen, device=x0.device)
+    if kind == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "entropy":
+        return (probs * torch.log(probs + 1e-10)).sum(-1)
+    raise ValueError(kind)
+
+
+def select_commits(confidence, n_commit: Optional[list], threshold: Optional[float], alg_temp=None,
+                   gen=None) -> torch.Tensor:
+    """Which masked positions to unmask. ``confidence`` is -inf at unmasked positions.
+
+    Fixed count: the ``n_commit[b]`` most confident (torch.topk). Threshold (Fast-dLLM): every position
+    whose confidence is at least ``threshold``, and always the most confident one. ``alg_temp`` (Dream):
+    sample the positions from softmax(confidence / alg_temp) without replacement instead of top-k.
+    """
+    B, n = confidence.shape
+    masked = confidence > NEG_INF
+    out = torch.zeros_like(masked)
+    if threshold is not None:
+        out = masked & (confidence >= threshold)
+        best = confidence.argmax(-1, keepdim=True)
+        out.scatter_(1, best, masked.gather(1, best))
+        return out
+    for b in range(B):
+        k = int(n_commit[b])
+        if k <= 0:
+            continue
+        if alg_temp:
+            w = torch.softmax(confidence[b] / alg_temp, dim=-1)
+            idx = torch.multinomial(w, k, replacement=False, generator=gen)
+        else:
+            idx = torch.topk(confidence[b], k).indices
+        out[b, idx] = True
+    return out & masked
+
+
+def denoise_step(logits: torch.Tensor, block: torch.Tensor, mask_id: int, cfg: GenerationConfig, sampler: str,
+                 n_commit: Optional[list], gen: Optional[torch.Generator], eos_id=None, eot_id=None
+                 ) -> StepOutcome:
+    """Apply the baseline's rule to ``logits`` [B, n, V] (the model's predictions for the block's n
+    positions, after CFG) and the current ``block`` [B, n]."""
+    if cfg.logits_eos_inf and eos_id is not None:
+        logits = logits.clone()
+        logits[..., eos_id] = NEG_INF
+    if sampler == "dream":
+        x0, probs = dream_candidates(logits, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+    else:
+        x0, probs = llada_candidates(logits, cfg.temperature, gen)
+    conf = confidence_of(cfg.remasking, x0, probs, gen)
+    if cfg.confidence_eos_eot_inf:
+        for t in (eos_id, eot_id):
+            if t is not None:
+                # the reference uses -inf, which can leave a block with masks when every candidate is
+                # EOS; a finite floor keeps such positions behind every other masked one instead
+                conf = conf.masked_fill(x0 == t, EOS_FLOOR)
+    masked = block == mask_id
+    conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+    commit = select_commits(conf, n_commit, cfg.threshold, cfg.alg_temp if sampler == "dream" else None, gen)
+    tokens = torch.where(commit, x0, block)
+    return StepOutcome(tokens, x0, conf, commit)
