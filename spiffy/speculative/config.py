@@ -1,0 +1,72 @@
+"""How Spiffy speculates (the baseline's own settings stay in GenerationConfig)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import networkx as nx
+
+from ..errors import ConfigError
+from .proposer import Pruner
+from .verifier import VERIFY_MODES
+
+
+@dataclass
+class SpeculativeConfig:
+    """Spiffy's settings.
+
+    ``budget``: draft states verified per model call (D), used to pick a calibrated graph
+    (``calibration/<model>/<setting>/D<budget>.json``) or to build the default graph.
+    ``graph``: a draft graph (``networkx.DiGraph`` from :mod:`spiffy.speculative.graph`) or a JSON file;
+    overrides ``budget``.
+    ``verify``:
+      - ``"batch"``: every draft state is a full batch copy sharing the cache context. Exactly
+        lossless for every model and cache mode.
+      - ``"packed"``: drafts appended to the query in one sequence under a 4-D attention mask. Exactly
+        lossless only under the dual cache (``cache="dual"``). With cache ``none``/``prefix`` on a
+        bidirectional model it is NEAR-LOSSLESS, NOT LOSSLESS: the positions a draft attends to were
+        computed with the current block rather than the draft's, so outputs may differ from the
+        baseline (a NearLosslessWarning is issued; ``measure_mismatch=True`` counts the differences).
+    ``prune``: an int D* (keep the best D* nodes per round by the geometric mean of the picked tokens'
+    probabilities, connected to the root) or a :class:`~spiffy.speculative.proposer.Pruner` with its
+    own score function. ``use_calibration``: look for a calibrated graph (default True);
+    ``calibration_dir`` overrides the calibration root. ``measure_mismatch`` (packed, non-dual): re-run
+    every accepted draft as a real forward (not counted in NFE) and count next-state differences.
+    """
+
+    budget: int = 8
+    graph: Union[None, str, Path, nx.DiGraph] = None
+    verify: str = "batch"
+    prune: Union[None, int, Pruner] = None
+    use_calibration: bool = True
+    calibration_dir: Optional[str] = None
+    measure_mismatch: bool = False
+
+    def validate(self) -> "SpeculativeConfig":
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
+        if self.graph is None and (not isinstance(self.budget, int) or self.budget < 0):
+            raise ConfigError(f"budget must be a non-negative integer, got {self.budget!r}")
+        if isinstance(self.prune, bool) or (isinstance(self.prune, int) and self.prune < 0):
+            raise ConfigError(f"prune must be a non-negative integer or a Pruner, got {self.prune!r}")
+        return self
+
+    def pruner(self) -> Optional[Pruner]:
+        if self.prune is None:
+            return None
+        if isinstance(self.prune, int):
+            return Pruner(self.prune)
+        return self.prune
+
+    def to_dict(self) -> dict:
+        g = self.graph
+        return {"budget": self.budget, "graph": None if g is None else ("<DiGraph>" if isinstance(g, nx.DiGraph)
+                                                                         else str(g)),
+                "verify": self.verify, "prune": self.prune if isinstance(self.prune, (int, type(None)))
+                else f"Pruner(keep={self.prune.keep})", "use_calibration": self.use_calibration,
+                "measure_mismatch": self.measure_mismatch}
+
+
+class NearLosslessWarning(UserWarning):
+    """Packed verification without a frozen context: outputs may differ from the baseline."""
