@@ -1,0 +1,271 @@
+"""The AR-verifier decode loop: draft, verify in one target forward, commit, repeat.
+
+Strategies (all lossless — greedy output equals the target's greedy decoding, sampled output is
+distributed as the target's own sampling):
+
+- no drafter: the target's plain decoding (one token per forward), the baseline;
+- a dLLM drafter (:class:`~spiffy.ar.drafter.DLLMDrafter`) with a fixed draft length γ (SpecDiff),
+  optionally with DiffuSpec's causal-consistency path search and/or adaptive draft length, and/or a
+  D²SD-style draft tree with ``tree`` branches;
+- an AR drafter (:class:`~spiffy.ar.ar_drafter.ARDrafter`): classic speculative decoding.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import ConfigError
+from .adaptive import AdaptiveLength
+from .path_search import PathSearchConfig, causal_path_search
+from .result import ARResult
+from .tree import DraftTree, branch_points
+from .verify import RULES, greedy_chain, greedy_tree, sample_chain, sample_tree, target_probs
+
+
+@dataclass
+class ARDecodeConfig:
+    max_new_tokens: int = 128
+    draft_length: int = 8          # γ (the first γ when adaptive)
+    adaptive: bool = False         # DiffuSpec adaptive draft length
+    min_draft: int = 20
+    max_draft: int = 30
+    grow: int = 10
+    ema: float = 0.5
+    path_search: bool = False      # DiffuSpec causal-consistency path search
+    beam: int = 3
+    tau: float = 0.8
+    max_candidates: int = 15
+    lam: float = 0.5
+    ngram: Optional[str] = None    # n-gram artifact path [default: models/ngram/ref-3gram.npz]
+    tree: int = 0                  # D²SD draft-tree branches (0 = a single chain)
+    drafter_steps: int = 1         # denoising steps of a dLLM drafter
+    temperature: float = 0.0       # 0 = greedy
+    seed: int = 0
+    accept_rule: str = "exact"     # "always"/"ratio_no_residual" are deliberately wrong (tests only)
+
+    def check(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.draft_length < 1:
+            raise ConfigError(f"draft length γ must be >= 1 (got {self.draft_length})")
+        if self.drafter_steps < 1:
+            raise ConfigError(f"drafter steps must be >= 1 (got {self.drafter_steps})")
+        if self.tree < 0:
+            raise ConfigError(f"tree branches must be >= 0 (got {self.tree})")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
+        if self.accept_rule not in RULES:
+            raise ConfigError(f"accept_rule must be one of {RULES}")
+        self.path_cfg().check()
+        if self.adaptive:
+            AdaptiveLength(self.min_draft, self.max_draft, self.grow, self.ema)
+        return self
+
+    def path_cfg(self) -> PathSearchConfig:
+        return PathSearchConfig(self.beam, self.tau, self.max_candidates, self.lam)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def strategy_name(drafter, cfg: ARDecodeConfig) -> str:
+    if drafter is None:
+        return "target"
+    if getattr(drafter, "kind", "") == "ar":
+        return "ar-drafter"
+    parts = ["dllm"]
+    if cfg.path_search:
+        parts.append("path")
+    if cfg.adaptive:
+        parts.append("adaptive")
+    if cfg.tree:
+        parts.append(f"tree{cfg.tree}")
+    return "+".join(parts)
+
+
+def _cut_after_stop(toks, stop) -> list:
+    out = []
+    for t in toks:
+        out.append(int(t))
+        if int(t) in stop:
+            break
+    return out
+
+
+def _runner_up(q_row: torch.Tensor, taken: int) -> Optional[int]:
+    top = q_row.topk(min(2, q_row.numel()))
+    for p, t in zip(top.values.tolist(), top.indices.tolist()):
+        if t != taken and p > 0:
+            return int(t)
+    return None
+
+
+class _Proposer:
+    """Builds each round's draft (a chain, or a tree) for a dLLM or AR drafter."""
+
+    def __init__(self, drafter, cfg: ARDecodeConfig, stop: set, ngram, generator):
+        self.d = drafter
+        self.cfg = cfg
+        self.stop = stop
+        self.ngram = ngram
+        self.g = generator
+        self.sample = cfg.temperature > 0
+        # drafts whose tokens are chosen deterministically are verified as point masses
+        self.point_mass = cfg.path_search or cfg.tree > 0
+
+    def chain(self, prefix, gamma):
+        """(tokens, q or None, drafted length before the first stop token)."""
+        cfg = self.cfg
+        if cfg.path_search:
+            dr = self.d.draft(prefix, gamma, self.g, sample=False)
+            raw = dr.tokens
+            toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop))
+            conf = dr.q[torch.arange(len(toks)), torch.tensor(toks)] if toks else dr.conf[:0]
+            return toks, None, dr, conf, self._before_stop(raw)
+        dr = self.d.draft(prefix, gamma, self.g, sample=self.sample and not self.point_mass)
+        toks = _cut_after_stop(dr.tokens, self.stop)
+        q = None if (self.point_mass or not self.sample) else dr.q[: len(toks)]
+        return toks, q, dr, dr.conf[: len(toks)], self._before_stop(dr.tokens)
+
+    def _before_stop(self, toks) -> int:
+        for i, t in enumerate(toks):
+            if int(t) in self.stop:
+                return i
+        return len(toks)
+
+    def tree(self, prefix, gamma):
+        toks, _, dr, conf, before = self.chain(prefix, gamma)
+        tree = DraftTree()
+        tree.add_chain(-1, toks, self.stop)
+        rows = []
+        for i in branch_points(conf, self.cfg.tree):
+            alt = _runner_up(dr.q[i], toks[i])
+            if alt is None:
+                continue
+            parent = i - 1
+            rest = gamma - i - 1
+            if alt in self.stop or rest < 1:
+                tree.add_chain(parent, [alt], self.stop)
+            else:
+                rows.append((parent, alt, list(prefix) + toks[:i] + [alt], rest))
+        if rows:
+            drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.g, sample=False)
+            for (parent, alt, _, _), d in zip(rows, drafts):
+                tree.add_chain(parent, [alt] + d.tokens, self.stop)
+        return tree, before
+
+
+def _as_prompt_ids(target, prompt, chat: bool) -> list:
+    if isinstance(prompt, str):
+        ids = target.encode_prompt(prompt, chat)
+    elif isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
+        ids = list(prompt)
+    else:
+        raise ConfigError("the prompt must be text or a list of token ids")
+    if not ids:
+        raise ConfigError("the prompt is empty")
+    return ids
+
+
+def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Optional[ARDecodeConfig] = None,
+                chat: bool = True, ngram=None, **overrides) -> ARResult:
+    """Decode ``prompt`` with ``target`` (an :class:`~spiffy.ar.target.ARTarget`), drafting with
+    ``drafter`` (a :class:`DLLMDrafter`, an :class:`ARDrafter`, or None for plain target decoding)."""
+    cfg = ARDecodeConfig(**{**(config.to_dict() if config else {}), **overrides}).check()
+    ids = _as_prompt_ids(target, prompt, chat)
+    stop = set(target.stop_ids)
+    kind = getattr(drafter, "kind", None)
+    if kind == "ar" and (cfg.path_search or cfg.tree):
+        raise ConfigError("path search and draft trees need a diffusion drafter (got an AR drafter)")
+    if cfg.path_search and ngram is None:
+        from .ngram import DEFAULT_NGRAM_PATH, NGramModel
+
+        ngram = NGramModel.load(cfg.ngram or DEFAULT_NGRAM_PATH, target.tokenizer)
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    sample = cfg.temperature > 0
+    ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,
+                         gamma=min(max(cfg.draft_length, cfg.min_draft), cfg.max_draft)) if cfg.adaptive else None
+    prop = _Proposer(drafter, cfg, stop, ngram, g) if drafter is not None else None
+    if drafter is not None:
+        drafter.reset()
+    t_calls, t_s = target.calls, target.seconds
+    d_calls, d_s = (drafter.calls, drafter.seconds) if drafter is not None else (0, 0.0)
+
+    t0 = time.perf_counter()
+    state = target.new_state()
+    if len(ids) > 1:
+        state.extend(ids[:-1])
+    pending = ids[-1]
+    out: list = []
+    accepted, drafted = [], []
+    done = False
+    while not done:
+        remaining = cfg.max_new_tokens - len(out)
+        gamma = ctl.gamma if ctl is not None else cfg.draft_length
+        gamma = min(gamma, remaining - 1)   # room for the target's own token
+        base = state.length
+        prefix = ids + out
+        if prop is None or gamma < 1:
+            logits = state.extend([pending])
+            row = logits[-1]
+            nxt = int(torch.multinomial(target_probs(row, cfg.temperature), 1, generator=g)[0]) if sample \
+                else int(row.argmax())
+            new, n_acc, n_draft, before = [nxt], 0, 0, 0
+        elif cfg.tree:
+            tree, before = prop.tree(prefix, gamma)
+            parents = [-1] + [p + 1 if p >= 0 else 0 for p in tree.parents]
+            logits = state.extend_tree([pending] + tree.tokens, parents)
+            if sample:
+                path, nxt = sample_tree(tree.tokens, tree.parents, logits, cfg.temperature, g)
+            else:
+                path, nxt = greedy_tree(tree.tokens, tree.parents, logits)
+            state.keep(base, [0] + [1 + j for j in path])
+            new = [tree.tokens[j] for j in path] + [nxt]
+            n_acc, n_draft = len(path), len(tree)
+        else:
+            toks, q, _, _, before = prop.chain(prefix, gamma)
+            logits = state.extend([pending] + toks)
+            if sample:
+                n_acc, nxt = sample_chain(toks, q, logits, cfg.temperature, g, cfg.accept_rule)
+            else:
+                n_acc, nxt = greedy_chain(toks, logits)
+            state.crop(base + 1 + n_acc)
+            new = toks[:n_acc] + [nxt]
+            n_draft = len(toks)
+        if prop is not None:
+            accepted.append(n_acc)
+            drafted.append(n_draft)
+            if ctl is not None and gamma >= 1:
+                ctl.observe(before, n_acc)
+        for t in new:
+            out.append(int(t))
+            if int(t) in stop or len(out) >= cfg.max_new_tokens:
+                done = True
+                break
+        pending = out[-1]
+    wall = time.perf_counter() - t0
+
+    tc = target.calls - t_calls
+    dc = (drafter.calls - d_calls) if drafter is not None else 0
+    rounds = tc - (1 if len(ids) > 1 else 0)
+    return ARResult(
+        prompt_ids=ids, token_ids=out, text=target.decode(out), nfe=tc + dc, wall_s=wall, target_calls=tc,
+        drafter_calls=dc, rounds=rounds, mean_accepted=len(out) / max(1, rounds), accepted=accepted,
+        drafted=drafted, target_s=target.seconds - t_s,
+        drafter_s=(drafter.seconds - d_s) if drafter is not None else 0.0,
+        strategy=strategy_name(drafter, cfg), config=cfg.to_dict())
+
+
+@torch.no_grad()
+def hf_generate(target, prompt_ids: list, max_new_tokens: int, temperature: float = 0.0) -> list:
+    """The target's own transformers ``generate`` (greedy), new tokens up to and including a stop token."""
+    x = torch.tensor([prompt_ids], dtype=torch.long, device=target.device)
+    eos = target.stop_ids or None
+    pad = eos[0] if eos else 0
+    out = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                do_sample=False, eos_token_id=eos, pad_token_id=pad, min_new_tokens=0)
+    new = out[0, len(prompt_ids):].tolist()
+    return _cut_after_stop(new, set(target.stop_ids))

@@ -1,0 +1,133 @@
+"""A diffusion LM as a non-autoregressive drafter.
+
+The drafter appends γ mask tokens after the current prefix and fills them in ``steps`` denoising
+steps (default 1: every position at once from one forward). It returns the drafted tokens, the
+distribution each token was drawn from (``q``, over the target's vocabulary, what speculative
+sampling tests against) and a per-position confidence (used by draft trees).
+
+Which masks are committed at each step: greedy drafting uses the most confident positions first;
+sampled drafting always commits left to right, so that every token is drawn from a distribution that
+conditions only on the prefix and on tokens to its left — the condition under which speculative
+sampling against the recorded ``q`` is exact.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+from .vocab import allowed_ids, to_target_vocab
+
+
+@dataclass
+class Draft:
+    tokens: list            # drafted token ids (γ of them)
+    q: torch.Tensor         # [γ, V_target] distribution each token was drawn from
+    conf: torch.Tensor      # [γ] probability of the drafted token when it was committed
+    logq: Optional[torch.Tensor] = None   # [γ, V_target] log of q (for path search)
+
+
+class DLLMDrafter:
+    """Draft with a :class:`spiffy.DiffusionBackend` (LLaDA or Dream; ``logit_shift`` respected)."""
+
+    kind = "dllm"
+
+    def __init__(self, backend, target_vocab: int, steps: int = 1, temperature: float = 0.0,
+                 banned=()):
+        if getattr(backend, "mask_id", None) is None:
+            raise ConfigError(f"{getattr(backend, 'name', 'drafter')}: a diffusion drafter needs a mask token id")
+        if steps < 1:
+            raise ConfigError(f"drafter steps must be >= 1 (got {steps})")
+        self.backend = backend
+        self.target_vocab = int(target_vocab)
+        self.steps = int(steps)
+        self.temperature = float(temperature)
+        self.allowed = allowed_ids(backend.vocab_size, target_vocab, (backend.mask_id, *banned), backend.device)
+        self.calls = 0
+        self.seconds = 0.0
+
+    @property
+    def name(self):
+        return self.backend.name
+
+    def reset(self):
+        pass
+
+    @torch.no_grad()
+    def draft_batch(self, prefixes: list, gammas: list, generator: Optional[torch.Generator] = None,
+                    sample: bool = False) -> list:
+        """Draft ``gammas[b]`` tokens after each ``prefixes[b]`` in one batched pass per denoising step."""
+        if any(g < 1 for g in gammas):
+            raise ConfigError(f"draft length must be >= 1 (got {min(gammas)})")
+        if any(len(p) == 0 for p in prefixes):
+            raise ConfigError("cannot draft after an empty prefix")
+        be = self.backend
+        dev = be.device
+        B = len(prefixes)
+        lens = [len(p) + g for p, g in zip(prefixes, gammas)]
+        L, G = max(lens), max(gammas)
+        x = torch.full((B, L), be.pad_id, dtype=torch.long, device=dev)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        pos = torch.zeros(B, G, dtype=torch.long, device=dev)       # absolute position of each draft slot
+        slot_ok = torch.zeros(B, G, dtype=torch.bool, device=dev)
+        for b, (p, g) in enumerate(zip(prefixes, gammas)):
+            x[b, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
+            x[b, len(p): len(p) + g] = be.mask_id
+            valid[b, : len(p) + g] = True
+            pos[b, :g] = torch.arange(len(p), len(p) + g, device=dev)
+            slot_ok[b, :g] = True
+        rows = (pos - be.logit_shift).clamp(min=0)
+        q = torch.zeros(B, G, self.target_vocab, dtype=torch.float64, device=dev)
+        conf = torch.zeros(B, G, dtype=torch.float64, device=dev)
+        tokens = torch.full((B, G), -1, dtype=torch.long, device=dev)
+        pending = slot_ok.clone()
+        left_to_right = sample
+        for s in range(self.steps):
+            t0 = time.perf_counter()
+            out = be.forward(x, attention_mask=valid.long(), logits_index=rows, key_valid=valid)
+            self.calls += 1
+            self.seconds += time.perf_counter() - t0
+            logits = out.logits.to(torch.float64)
+            logits = logits.masked_fill(~self.allowed, float("-inf"))
+            if sample and self.temperature > 0:
+                probs = torch.softmax(logits / self.temperature, dim=-1)
+            else:
+                probs = torch.softmax(logits, dim=-1)
+            if sample:
+                flat = probs.reshape(-1, probs.shape[-1])
+                choice = torch.multinomial(flat, 1, generator=generator).view(B, G)
+            else:
+                choice = probs.argmax(-1)
+            cprob = probs.gather(-1, choice[..., None])[..., 0]
+            # how many slots each row commits this step
+            commit = torch.zeros(B, G, dtype=torch.bool, device=dev)
+            for b in range(B):
+                left = int(pending[b].sum())
+                if left == 0:
+                    continue
+                k = -(-left // (self.steps - s))  # ceil: the rest is spread evenly over the steps left
+                idx = pending[b].nonzero()[:, 0]
+                if left_to_right:
+                    sel = idx[:k]
+                else:
+                    sel = idx[cprob[b, idx].argsort(descending=True, stable=True)[:k]]
+                commit[b, sel] = True
+            tokens = torch.where(commit, choice, tokens)
+            conf = torch.where(commit, cprob, conf)
+            q = torch.where(commit[..., None], to_target_vocab(probs, self.target_vocab), q)
+            pending &= ~commit
+            for b in range(B):
+                sel = commit[b].nonzero()[:, 0]
+                x[b, pos[b, sel]] = choice[b, sel]
+            if not bool(pending.any()):
+                break
+        res = []
+        for b, g in enumerate(gammas):
+            res.append(Draft(tokens[b, :g].tolist(), q[b, :g], conf[b, :g]))
+        return res
+
+    def draft(self, prefix, gamma: int, generator=None, sample: bool = False) -> Draft:
+        return self.draft_batch([list(prefix)], [gamma], generator, sample)[0]

@@ -1,0 +1,57 @@
+"""Loading a target and a drafter that share a tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from .ar_drafter import ARDrafter
+from .drafter import DLLMDrafter
+from .target import ARTarget, load_causal_lm
+from .vocab import check_tokenizers
+
+
+def _is_dllm(path_or_id: str) -> bool:
+    if path_or_id in ("tiny-llada", "tiny-dream"):
+        return True
+    cfg = Path(path_or_id).expanduser() / "config.json"
+    if cfg.exists():
+        try:
+            mt = json.loads(cfg.read_text()).get("model_type", "")
+        except (OSError, json.JSONDecodeError):
+            return False
+        from ..backends.loader import FAMILIES
+
+        return str(mt).lower() in FAMILIES
+    return False
+
+
+def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0):
+    """Wrap a loaded drafter (a DiffusionBackend or an ARTarget) after checking its tokenizer."""
+    from ..backends.backend import DiffusionBackend
+
+    if isinstance(drafter, (DLLMDrafter, ARDrafter)):
+        return drafter
+    tok = getattr(drafter, "tokenizer", None)
+    check_tokenizers(target.tokenizer, tok, target.name, getattr(drafter, "name", "drafter"))
+    if isinstance(drafter, DiffusionBackend):
+        return DLLMDrafter(drafter, target.vocab_size, steps=steps, temperature=temperature)
+    if isinstance(drafter, ARTarget):
+        return ARDrafter(drafter, target.vocab_size, temperature=temperature, stop_ids=target.stop_ids)
+    raise ConfigError(f"unsupported drafter type {type(drafter).__name__}: pass a diffusion backend or an ARTarget")
+
+
+def load_drafter_model(path_or_id: str, device: str = "cpu", dtype=None):
+    if _is_dllm(path_or_id):
+        from ..backends import load_backend
+
+        return load_backend(path_or_id, device=device, dtype=dtype)
+    return load_causal_lm(path_or_id, device=device, dtype=dtype, name=Path(path_or_id).name or None)
+
+
+def load_pair(target_path: str, drafter_path: str, device: str = "cpu", dtype=None, steps: int = 1,
+              temperature: float = 0.0):
+    """(ARTarget, drafter) — a DLLMDrafter for a LLaDA/Dream checkpoint, else a classic ARDrafter."""
+    target = load_causal_lm(target_path, device=device, dtype=dtype)
+    drafter = make_drafter(load_drafter_model(drafter_path, device, dtype), target, steps, temperature)
+    return target, drafter

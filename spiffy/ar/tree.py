@@ -1,0 +1,75 @@
+"""Draft trees (D²SD / DDTree style) and their attention mask.
+
+From the main draft's per-position confidences c_1..c_γ, the probability that verification accepts
+exactly i tokens and rejects token i+1 is estimated as r(i) = ∏_{k≤i} c_k · (1 − c_{i+1}). At the
+``branches`` most likely rejection points the tree adds the drafter's runner-up token at position
+i+1 and re-drafts the rest of the block after it (all branches in one batched drafter pass). The
+whole tree is verified in one target forward with an ancestor-only attention mask
+(:meth:`spiffy.ar.target.TargetState.extend_tree`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    tokens: list = field(default_factory=list)    # node tokens
+    parents: list = field(default_factory=list)   # parent node index, -1 = root (the pending token)
+
+    def add_chain(self, parent: int, toks, stop_ids=()) -> int:
+        """Append a chain below ``parent``, cut after the first stop token; returns the last node."""
+        node = parent
+        for t in toks:
+            self.tokens.append(int(t))
+            self.parents.append(node)
+            node = len(self.tokens) - 1
+            if int(t) in stop_ids:
+                break
+        return node
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def path_to(self, node: int) -> list:
+        out = []
+        while node != -1:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
+
+def rejection_scores(conf: torch.Tensor) -> torch.Tensor:
+    """r(i) for i = 0..γ-1: accept the first i tokens, reject token i+1 (0-based index i)."""
+    c = conf.to(torch.float64)
+    prefix = torch.cat([c.new_ones(1), c.cumprod(0)[:-1]])
+    return prefix * (1 - c)
+
+
+def branch_points(conf: torch.Tensor, branches: int, limit: int = None) -> list:
+    """The ``branches`` positions (0-based index of the token to replace) most likely to be rejected."""
+    r = rejection_scores(conf)
+    if limit is not None:
+        r = r[:limit]
+    k = min(branches, r.numel())
+    return sorted(r.topk(k).indices.tolist()) if k > 0 else []
+
+
+def ancestor_mask(parents: list) -> torch.Tensor:
+    """Boolean [N, N]: node j may attend to node k iff k is j or an ancestor of j."""
+    n = len(parents)
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for j, p in enumerate(parents):
+        m[j, j] = True
+        if p >= 0:
+            m[j] |= m[p]
+    return m
+
+
+def tree_depths(parents: list) -> list:
+    d = []
+    for p in parents:
+        d.append(1 if p < 0 else d[p] + 1)
+    return d
