@@ -24,6 +24,20 @@ class StepOutcome:
     committed: torch.Tensor   # [B, n] bool, positions unmasked by this step
 
 
+def shared_uniform(shape, gen, device) -> torch.Tensor:
+    """Uniform float64 noise of ``shape`` [B, ...]: one draw of shape[1:] shared by every row, so a
+    prompt gets the same noise in a batch as alone."""
+    u = torch.rand(tuple(shape[1:]), dtype=torch.float64, generator=gen, device=device)
+    return u.expand(*shape)
+
+
+def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF categorical draw: the first token whose cumulative probability exceeds u * total."""
+    cdf = probs.cumsum(-1)
+    x = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
+    return x.clamp(max=probs.shape[-1] - 1)
+
+
 def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
     cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
@@ -40,19 +54,27 @@ def _filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, NEG_INF)
 
 
-def llada_candidates(logits, temperature, gen):
+def _never_mask(scores, mask_id):
+    """The one deliberate deviation from the references: the mask token itself is never a candidate.
+    (LLaDA's generate.py would commit it when the model ranks it first, leaving a hole that a later
+    block refills; a trained model gives it ~0 probability, so real outputs are unaffected.) Only the
+    choice of x0 is affected; confidences use the unmodified distribution."""
+    return scores.index_fill(-1, torch.tensor([mask_id], device=scores.device), NEG_INF)
+
+
+def llada_candidates(logits, temperature, gen, mask_id):
     """LLaDA: x0 = argmax(exp(l) / (-log u)^T) with l, u in float64 (T > 0); plain argmax at T = 0.
     Returns x0 and the float64 softmax probabilities."""
     l64 = logits.to(torch.float64)
     if temperature > 0:
-        u = torch.rand(l64.shape, dtype=torch.float64, generator=gen, device=l64.device)
-        x0 = torch.argmax(l64.exp() / (-torch.log(u)) ** temperature, dim=-1)
+        u = shared_uniform(l64.shape, gen, l64.device)
+        x0 = torch.argmax(_never_mask(l64.exp() / (-torch.log(u)) ** temperature, mask_id), dim=-1)
     else:
-        x0 = torch.argmax(logits, dim=-1)
+        x0 = torch.argmax(_never_mask(logits, mask_id), dim=-1)
     return x0, torch.softmax(l64, dim=-1)
 
 
-def dream_candidates(logits, temperature, top_p, top_k, gen):
+def dream_candidates(logits, temperature, top_p, top_k, gen, mask_id):
     """Dream: temperature scaling, top-p then top-k filtering, softmax, then a categorical draw (T > 0)
     or the argmax (T = 0). Probabilities in float64."""
     l64 = logits.to(torch.float64)
@@ -64,10 +86,9 @@ def dream_candidates(logits, temperature, top_p, top_k, gen):
         l64 = _filter_top_k(l64, top_k)
     probs = torch.softmax(l64, dim=-1)
     if temperature > 0:
-        flat = probs.reshape(-1, probs.shape[-1])
-        x0 = torch.multinomial(flat, 1, generator=gen).view(probs.shape[:-1])
+        x0 = categorical(_never_mask(probs, mask_id).clamp(min=0), shared_uniform(probs.shape[:-1], gen, probs.device))
     else:
-        x0 = probs.argmax(-1)
+        x0 = _never_mask(probs, mask_id).argmax(-1)
     return x0, probs
 
 
@@ -75,7 +96,7 @@ def confidence_of(kind, x0, probs, gen):
     if kind == "low_confidence":
         return torch.gather(probs, -1, x0[..., None]).squeeze(-1)
     if kind == "random":
-        return torch.rand(x0.shape, dtype=torch.float64, generator=gen, device=x0.device)
+        return shared_uniform(x0.shape, gen, x0.device)
     if kind == "margin":
         top2 = torch.topk(probs, 2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
@@ -95,6 +116,7 @@ def select_commits(confidence, n_commit: Optional[list], threshold: Optional[flo
     B, n = confidence.shape
     masked = confidence > NEG_INF
     out = torch.zeros_like(masked)
+    gumbel_u = shared_uniform((B, n), gen, confidence.device) if alg_temp else None
     if threshold is not None:
         out = masked & (confidence >= threshold)
         best = confidence.argmax(-1, keepdim=True)
@@ -104,9 +126,9 @@ def select_commits(confidence, n_commit: Optional[list], threshold: Optional[flo
         k = int(n_commit[b])
         if k <= 0:
             continue
-        if alg_temp:
-            w = torch.softmax(confidence[b] / alg_temp, dim=-1)
-            idx = torch.multinomial(w, k, replacement=False, generator=gen)
+        if alg_temp:  # sampling without replacement from softmax(conf / alg_temp): Gumbel top-k
+            g = -torch.log(-torch.log(gumbel_u[b]))
+            idx = torch.topk(torch.log_softmax(confidence[b] / alg_temp, -1) + g, k).indices
         else:
             idx = torch.topk(confidence[b], k).indices
         out[b, idx] = True
@@ -122,9 +144,9 @@ def denoise_step(logits: torch.Tensor, block: torch.Tensor, mask_id: int, cfg: G
         logits = logits.clone()
         logits[..., eos_id] = NEG_INF
     if sampler == "dream":
-        x0, probs = dream_candidates(logits, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+        x0, probs = dream_candidates(logits, cfg.temperature, cfg.top_p, cfg.top_k, gen, mask_id)
     else:
-        x0, probs = llada_candidates(logits, cfg.temperature, gen)
+        x0, probs = llada_candidates(logits, cfg.temperature, gen, mask_id)
     conf = confidence_of(cfg.remasking, x0, probs, gen)
     if cfg.confidence_eos_eot_inf:
         for t in (eos_id, eot_id):

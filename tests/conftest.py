@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_llada():
+    from spiffy.backends.tiny import tiny_backend
+
+    return tiny_backend("llada", seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_dream():
+    from spiffy.backends.tiny import tiny_backend
+
+    return tiny_backend("dream", seed=1, dtype=torch.float64)
+
+
+def random_prompts(n, vocab=59, seed=0, lo=3, hi=12):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ln = int(torch.randint(lo, hi, (1,), generator=g))
+        out.append(torch.randint(0, vocab, (ln,), generator=g).tolist())
+    return out
