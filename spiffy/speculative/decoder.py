@@ -106,8 +106,8 @@ class _RowDecoder:
                 st.rounds += 1
                 st.drafts_verified += len(rnd.nodes)
                 for f in rnd.nodes:
-                    st.depth_offered[graph.nodes[f]["depth"]] += 1
-                    st.node_offered[f] += 1
+                    st.count("depth_offered", graph.nodes[f]["depth"])
+                    st.count("node_offered", f)
             block = new
         self._close(rnd)
         return t
@@ -115,8 +115,8 @@ class _RowDecoder:
     def _accept(self, rnd, child, b, t, schedule, new):
         st = self.stats
         st.accepted += 1
-        st.depth_accepted[rnd.graph.nodes[child]["depth"]] += 1
-        st.node_accepted[child] += 1
+        st.count("depth_accepted", rnd.graph.nodes[child]["depth"])
+        st.count("node_accepted", child)
         if self.exact or not self.spec.measure_mismatch:
             return
         # near-lossless packed mode: compare with a real forward of the accepted state (not counted)
@@ -134,7 +134,7 @@ class _RowDecoder:
 
     def _close(self, rnd):
         if rnd is not None:
-            self.stats.accepted_per_round[rnd.accepted] += 1
+            self.stats.count("accepted_per_round", rnd.accepted)
 
 
 @torch.no_grad()

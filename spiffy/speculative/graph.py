@@ -232,6 +232,8 @@ def graph_from_dict(d: dict, where: str = "graph") -> nx.DiGraph:
         formulas = [f for f, _ in by_id.values()]
         if len(set(formulas)) != len(formulas):
             bad("two nodes have the same formula")
+        if ROOT not in formulas:
+            bad("no root node (a node with empty picks: the current state)")
         g = make_graph(formulas, mode, counts, d.get("meta"))
     except ArtifactError as e:
         if str(e).startswith(where):

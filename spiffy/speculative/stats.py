@@ -1,8 +1,7 @@
 """What a Spiffy decode reports next to its output."""
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .graph import formula_str
@@ -17,11 +16,11 @@ class SpeculativeStats:
     drafts_verified: int = 0           # draft states evaluated, summed over rounds
     accepted: int = 0                  # drafts accepted = model calls saved by drafts
     skipped_empty_steps: int = 0       # steps that commit nothing (Dream schedule): state unchanged, no call
-    accepted_per_round: dict = field(default_factory=lambda: defaultdict(int))      # accepted count -> rounds
-    depth_offered: dict = field(default_factory=lambda: defaultdict(int))           # depth -> drafts verified
-    depth_accepted: dict = field(default_factory=lambda: defaultdict(int))
-    node_offered: dict = field(default_factory=lambda: defaultdict(int))            # formula -> drafts verified
-    node_accepted: dict = field(default_factory=lambda: defaultdict(int))
+    accepted_per_round: dict = field(default_factory=dict)      # accepted count -> rounds
+    depth_offered: dict = field(default_factory=dict)           # depth -> drafts verified
+    depth_accepted: dict = field(default_factory=dict)
+    node_offered: dict = field(default_factory=dict)            # formula -> drafts verified
+    node_accepted: dict = field(default_factory=dict)
     model_s: float = 0.0               # inside model forwards
     drafting_s: float = 0.0            # building sources, instantiating and pruning drafts
     bookkeeping_s: float = 0.0         # assembling verification inputs, the acceptance walk
@@ -33,6 +32,10 @@ class SpeculativeStats:
     max_logit_diff: Optional[float] = None
     graph_source: str = "default"
     budget: int = 0
+
+    def count(self, table: str, key, n: int = 1) -> None:
+        d = getattr(self, table)
+        d[key] = d.get(key, 0) + n
 
     @property
     def mean_accepted_per_round(self) -> float:
@@ -47,14 +50,14 @@ class SpeculativeStats:
         for k in ("accepted_per_round", "depth_offered", "depth_accepted", "node_offered", "node_accepted"):
             mine = getattr(self, k)
             for kk, v in getattr(other, k).items():
-                mine[kk] += v
+                mine[kk] = mine.get(kk, 0) + v
         if other.max_logit_diff is not None:
             self.max_logit_diff = max(self.max_logit_diff or 0.0, other.max_logit_diff)
         self.exact = self.exact and other.exact
         return self
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["accepted_per_round"] = {str(k): v for k, v in sorted(self.accepted_per_round.items())}
         d["acceptance_by_depth"] = {
             str(k): {"offered": v, "accepted": self.depth_accepted.get(k, 0),
