@@ -175,7 +175,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
                     else:
                         loss = causal_lm_loss(model, batch)
                 (loss / accum).backward()
-                loss_sum += float(loss) / accum
+                loss_sum += float(loss.detach()) / accum
                 tokens += batch["input_ids"].numel()
             torch.nn.utils.clip_grad_norm_(model.parameters(), stage.get("clip", 1.0))
             opt.step()

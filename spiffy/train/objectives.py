@@ -49,11 +49,40 @@ def diffusion_step_loss(model, batch: dict, mask_id: int, eps: float = 1e-3, gen
     noisable = None if prompt_mask is None else ~prompt_mask
     noisy, masked, p_mask = forward_process(ids, mask_id, eps, generator, noisable)
     valid = batch.get("valid")
+    answer_lengths = None if prompt_mask is None else (~prompt_mask).sum(-1)
+    if hasattr(model, "blocks_list") and hasattr(model, "head"):
+        # LLaDA-style model: apply the LM head only at masked positions (the loss needs nothing else)
+        if not bool(masked.any()):
+            return model.head(model.final_norm(model.embed(ids[:1, :1]))).sum() * 0.0
+        h = _llada_hidden(model, noisy, valid)
+        logits_m = model.head(h[masked])
+        return masked_loss_from_selected(logits_m, ids, masked, p_mask, answer_lengths)
     logits = model(noisy, attention_mask=valid).logits
-    if prompt_mask is None:
-        return masked_diffusion_loss(logits, ids, masked, p_mask)
-    answer_lengths = (~prompt_mask).sum(-1)
     return masked_diffusion_loss(logits, ids, masked, p_mask, answer_lengths)
+
+
+def _llada_hidden(model, ids, valid=None):
+    """Final-normed hidden states of a LLaDA-style model (same computation as ``stack_forward``)."""
+    B, L = ids.shape
+    key_valid = torch.ones(B, L, dtype=torch.bool, device=ids.device) if valid is None else valid.bool()
+    pos = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+    x = model.embed(ids)
+    cos, sin = model.rotary.cos_sin(pos, x.dtype)
+    mask = None if valid is None else key_valid[:, None, None, :]  # key padding (boolean, True = attend)
+    for blk in model.blocks_list():
+        x, _ = blk(x, cos, sin, mask, None)
+    return model.final_norm(x)
+
+
+def masked_loss_from_selected(logits_m, targets, masked, p_mask, answer_lengths=None) -> torch.Tensor:
+    """``masked_diffusion_loss`` given logits only at the masked positions (row-major order)."""
+    B, L = targets.shape
+    ce = F.cross_entropy(logits_m.float(), targets[masked], reduction="none")
+    w = 1.0 / p_mask[masked]
+    if answer_lengths is None:
+        return (ce * w).sum() / (B * L)
+    al = answer_lengths[:, None].expand(B, L)[masked].to(ce.dtype)
+    return (ce * w / al).sum() / B
 
 
 def causal_lm_loss(model, batch: dict) -> torch.Tensor:
@@ -65,9 +94,13 @@ def causal_lm_loss(model, batch: dict) -> torch.Tensor:
         last = int(answer.nonzero()[:, 1].max()) + 1
         ids, answer = ids[:, :last], answer[:, :last]
         valid = None if valid is None else valid[:, :last]
-    logits = model(input_ids=ids, attention_mask=None if valid is None else valid.long()).logits
-    logits, tgt = logits[:, :-1], ids[:, 1:]
+    am = None if valid is None else valid.long()
     if answer is None:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1))
+        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
     sel = answer[:, 1:]
-    return F.cross_entropy(logits[sel].float(), tgt[sel])
+    if hasattr(model, "model") and hasattr(model, "lm_head"):  # head only where the loss is taken
+        h = model.model(input_ids=ids, attention_mask=am).last_hidden_state[:, :-1]
+        return F.cross_entropy(model.lm_head(h[sel]).float(), ids[:, 1:][sel])
+    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+    return F.cross_entropy(logits[sel].float(), ids[:, 1:][sel])

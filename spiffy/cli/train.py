@@ -1,0 +1,24 @@
+"""`spiffy train`: train a reference model from a JSON recipe (models/recipes/*.json)."""
+import click
+
+
+@click.command("train")
+@click.option("--recipe", required=True, type=click.Path(exists=True, dir_okay=False), help="recipe JSON")
+@click.option("--data-dir", default=None, help="data directory (default: $SPIFFY_DATA or ../shared/data)")
+@click.option("--out", default=None, help="output checkpoint directory (default: models/<recipe name>)")
+@click.option("--max-minutes", type=float, default=None, help="wall-clock budget; stages shrink proportionally")
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda uses bf16 autocast and the "
+                                              "recipe's 'cuda' overrides)")
+@click.option("--log", "log_path", default=None, help="also append JSON log lines to this file")
+def train_cmd(recipe, data_dir, out, max_minutes, device, log_path):
+    """Train the model a RECIPE describes (tokenizer, pretraining, SFT) and save it with safetensors."""
+    from ..train.loop import train
+
+    summary = train(recipe, data_dir=data_dir, out=out, max_minutes=max_minutes, device=device,
+                    log_path=log_path)
+    click.echo(f"saved {summary['name']} ({summary['params']:,} params) in {summary['wall_min']} min")
+
+
+from . import main  # noqa: E402
+
+main.add_command(train_cmd)
