@@ -59,16 +59,33 @@ def fail(msg: str):
 @click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32, fp64.")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text.")
-def sample(model, prompt, device, dtype, raw, as_json, **kw):
-    """Generate a continuation of PROMPT with the baseline sampler."""
-    from ..errors import SpiffyError
+@click.option("--spiffy", "use_spiffy", is_flag=True, help="Decode with Spiffy (same output, fewer model calls).")
+@click.option("--budget", type=int, default=None, help="Spiffy: draft states per model call [default: 8].")
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
+              help="Spiffy: draft graph JSON file (instead of --budget).")
+@click.option("--verify", type=click.Choice(["batch", "packed"]), default=None,
+              help="Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
+                   "near-lossless otherwise) [default: batch].")
+def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, **kw):
+    """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy)."""
+    from ..errors import ConfigError, SpiffyError
     from ..generate import generate
     from ..backends import load_backend
 
     try:
         cfg = config_from(kw)
+        spec = None
+        if use_spiffy:
+            from ..speculative import SpeculativeConfig
+
+            if budget is not None and graph_file is not None:
+                raise ConfigError("give --budget or --graph, not both")
+            spec = SpeculativeConfig(budget=8 if budget is None else budget, graph=graph_file,
+                                     verify=verify or "batch").validate()
+        elif budget is not None or graph_file is not None or verify is not None:
+            raise ConfigError("--budget, --graph and --verify need --spiffy")
         backend = load_backend(model, device=device, dtype=dtype)
-        res = generate(backend, prompt, cfg, chat=not raw)
+        res = generate(backend, prompt, cfg, chat=not raw, speculative=spec)
     except SpiffyError as e:
         fail(str(e))
     if as_json:
@@ -76,6 +93,8 @@ def sample(model, prompt, device, dtype, raw, as_json, **kw):
                "text": res.text[0], "nfe": res.nfe, "wall_s": round(res.wall_s, 4),
                "tokens_processed": res.tokens_processed, "block_steps": res.block_steps,
                "tokens_per_s": round(len(res.token_ids[0]) / res.wall_s, 3), "config": res.config}
+        if res.stats is not None:
+            out["stats"] = res.stats.to_dict()
         click.echo(json.dumps(out))
     else:
         click.echo(res.text[0])

@@ -16,6 +16,8 @@ forward of that state (measure it with ``SpeculativeConfig(measure_mismatch=True
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..backends.core import ContextKV
@@ -32,8 +34,8 @@ def repeat_context(ctx: ContextKV, n: int, cfg_doubled: bool) -> ContextKV:
     if not cfg_doubled:
         return ctx.repeat(n)
     idx = torch.tensor([0] * n + [1] * n, device=ctx.valid.device)
-    return ContextKV([(k.index_select(0, idx), v.index_select(0, idx)) for k, v in ctx.layers],
-                     ctx.valid.index_select(0, idx), ctx.positions)
+    return dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx)) for k, v in ctx.layers],
+                               valid=ctx.valid.index_select(0, idx))
 
 
 def verify_batch(session, b: int, states: torch.Tensor) -> torch.Tensor:

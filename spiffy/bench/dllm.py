@@ -1,0 +1,215 @@
+"""Baseline vs Spiffy on the same prompts, in one process.
+
+For every setting (cache mode x tokens per step / threshold) the baseline decodes each prompt once;
+Spiffy then decodes it at every budget. Reported per (setting, budget): NFE ratio (baseline NFE /
+Spiffy NFE, summed over prompts), wall-clock ratio, tokens/s, identical-output rate against the
+baseline, mean accepted drafts per round, and optionally the NFE predicted by replaying the
+baseline's own traces with the same graph (must equal the measured NFE) and the ceiling any graph of
+that budget could reach on those traces. A vanilla reference (cache none, one token per step, the
+baseline) gives the combined tokens/s gain of each Spiffy setting over plain sampling.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ..sampling.baseline import generate_baseline
+from ..sampling.config import GenerationConfig
+from ..speculative import SpeculativeConfig, generate_speculative
+from ..speculative.replay import baseline_nfe, ceiling_nfe, provider_for, replay_nfe, trace_baseline
+
+# Spiffy paper, LLaDA-8B, gen 256, block 32, 1 token/step: NFE reduction range over four benchmarks
+PAPER_NFE_REDUCTION = {3: (2.24, 2.40), 5: (2.50, 2.71), 8: (2.74, 3.00), 10: (2.80, 3.07)}
+
+
+@dataclass
+class Setting:
+    cache: str = "none"
+    threshold: Optional[float] = None
+    tokens_per_step: int = 1
+
+    @property
+    def name(self) -> str:
+        step = f"thr{self.threshold:g}" if self.threshold is not None else f"k{self.tokens_per_step}"
+        return f"cache={self.cache},{step}"
+
+    def config(self, base: GenerationConfig) -> GenerationConfig:
+        if self.threshold is not None:
+            return replace(base, cache=self.cache, threshold=self.threshold, tokens_per_step=None, steps=None)
+        return replace(base, cache=self.cache, threshold=None, tokens_per_step=self.tokens_per_step, steps=None)
+
+
+@dataclass
+class Row:
+    setting: str
+    budget: int
+    prompts: int = 0
+    base_nfe: int = 0
+    nfe: int = 0
+    predicted_nfe: Optional[int] = None
+    ceiling_nfe: Optional[int] = None
+    base_wall_s: float = 0.0
+    wall_s: float = 0.0
+    tokens: int = 0
+    identical: int = 0
+    rounds: int = 0
+    accepted: int = 0
+    model_s: float = 0.0
+    drafting_s: float = 0.0
+    bookkeeping_s: float = 0.0
+    mismatches: Optional[int] = None
+
+    def summary(self, vanilla_tps: Optional[float]) -> dict:
+        d = dict(self.__dict__)
+        d["nfe_ratio"] = round(self.base_nfe / self.nfe, 4) if self.nfe else None
+        d["wall_ratio"] = round(self.base_wall_s / self.wall_s, 4) if self.wall_s else None
+        d["base_tokens_per_s"] = round(self.tokens / self.base_wall_s, 3) if self.base_wall_s else None
+        d["tokens_per_s"] = round(self.tokens / self.wall_s, 3) if self.wall_s else None
+        d["identical_rate"] = round(self.identical / self.prompts, 4) if self.prompts else None
+        d["mean_accepted_per_round"] = round(self.accepted / self.rounds, 4) if self.rounds else 0.0
+        if self.ceiling_nfe:
+            d["ceiling_nfe_ratio"] = round(self.base_nfe / self.ceiling_nfe, 4)
+        if self.predicted_nfe is not None:
+            d["predicted_equals_measured"] = self.predicted_nfe == self.nfe
+        if vanilla_tps and d["tokens_per_s"]:
+            d["tokens_per_s_gain_vs_vanilla"] = round(d["tokens_per_s"] / vanilla_tps, 4)
+        overhead = self.drafting_s + self.bookkeeping_s
+        d["overhead_share"] = round(overhead / self.wall_s, 4) if self.wall_s else None
+        for k in ("base_wall_s", "wall_s", "model_s", "drafting_s", "bookkeeping_s"):
+            d[k] = round(d[k], 4)
+        return d
+
+
+def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting], budgets: Sequence[int],
+                   base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
+                   vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
+                   ) -> dict:
+    """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...]}."""
+    say = progress or (lambda s: None)
+    out = {"rows": []}
+    vanilla_tps = None
+    if vanilla:
+        vcfg = Setting("none", None, 1).config(base_cfg)
+        wall = tokens = nfe = 0
+        for p in prompts:
+            r = generate_baseline(backend, [p], vcfg)
+            wall += r.wall_s
+            tokens += len(r.token_ids[0])
+            nfe += r.nfe
+        vanilla_tps = tokens / wall if wall else None
+        out["vanilla"] = {"setting": "cache=none,k1 (baseline)", "nfe": nfe, "wall_s": round(wall, 4),
+                          "tokens_per_s": round(vanilla_tps, 3) if vanilla_tps else None}
+        say(f"vanilla: {out['vanilla']}")
+    for st in settings:
+        cfg = st.config(base_cfg)
+        rows = {D: Row(st.name, D) for D in budgets}
+        for i, p in enumerate(prompts):
+            base = generate_baseline(backend, [p], cfg)
+            traces = None
+            if predict or ceiling:
+                _, traces = trace_baseline(backend, p, cfg, k=4)
+            for D in budgets:
+                spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune)
+                res = generate_speculative(backend, [p], cfg, spec)
+                row = rows[D]
+                row.prompts += 1
+                row.base_nfe += base.nfe
+                row.nfe += res.nfe
+                row.base_wall_s += base.wall_s
+                row.wall_s += res.wall_s
+                row.tokens += len(res.token_ids[0])
+                row.identical += int(res.token_ids == base.token_ids)
+                row.rounds += res.stats.rounds
+                row.accepted += res.stats.accepted
+                row.model_s += res.stats.model_s
+                row.drafting_s += res.stats.drafting_s
+                row.bookkeeping_s += res.stats.bookkeeping_s
+                if not res.stats.exact:
+                    row.mismatches = (row.mismatches or 0) + int(res.token_ids != base.token_ids)
+                if traces is not None:
+                    doubled = cfg.cfg_scale > 0
+                    if predict:
+                        provider, _ = provider_for(backend, cfg, spec)
+                        pr = replay_nfe(traces, provider, backend.mask_id, spec.pruner(), doubled)
+                        row.predicted_nfe = (row.predicted_nfe or 0) + pr["nfe"]
+                        assert baseline_nfe(traces, doubled) == base.nfe
+                    if ceiling:
+                        row.ceiling_nfe = (row.ceiling_nfe or 0) + ceiling_nfe(traces, D, doubled)
+            say(f"{st.name}: prompt {i + 1}/{len(prompts)} done")
+        for D in budgets:
+            out["rows"].append(rows[D].summary(vanilla_tps))
+    return out
+
+
+def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
+    cols = ["data", "setting", "D", "base NFE", "Spiffy NFE", "NFE ratio"]
+    if predict:
+        cols += ["replay-predicted NFE"]
+    if ceiling:
+        cols += ["ceiling ratio"]
+    cols += ["identical", "accepted/round", "wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
+             "overhead"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        vals = [r.get("dataset", "-"), r["setting"], r["budget"], r["base_nfe"], r["nfe"], f"{r['nfe_ratio']:.2f}x"]
+        if predict:
+            vals.append(f"{r['predicted_nfe']}" + ("" if r.get("predicted_equals_measured") else " (differs!)"))
+        if ceiling:
+            vals.append(f"{r.get('ceiling_nfe_ratio', 0):.2f}x")
+        vals += [f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
+                 f"{r['wall_ratio']:.2f}x", f"{r['base_tokens_per_s']:.1f}", f"{r['tokens_per_s']:.1f}",
+                 f"{r['tokens_per_s_gain_vs_vanilla']:.2f}x" if r.get("tokens_per_s_gain_vs_vanilla") else "-",
+                 f"{100 * r['overhead_share']:.1f}%" if r.get("overhead_share") is not None else "-"]
+        lines.append("| " + " | ".join(str(v) for v in vals) + " |")
+    for name, v in (result.get("vanilla") or {}).items():
+        lines.append("")
+        lines.append(f"Vanilla reference on {name} (baseline, cache none, 1 token/step): {v['tokens_per_s']} tok/s, "
+                     f"NFE {v['nfe']}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path, paper: bool = True) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by = {}
+    for r in result["rows"]:
+        by.setdefault(f"{r.get('dataset', '')} {r['setting']}".strip(), []).append(r)
+    for name, rows in by.items():
+        rows = sorted(rows, key=lambda r: r["budget"])
+        line, = ax.plot([r["budget"] for r in rows], [r["nfe_ratio"] for r in rows], marker="o", label=name)
+        if all("ceiling_nfe_ratio" in r for r in rows):
+            ax.plot([r["budget"] for r in rows], [r["ceiling_nfe_ratio"] for r in rows], ls="--",
+                    color=line.get_color(), alpha=0.6, label=f"{name} ceiling")
+    if paper:
+        xs = sorted(PAPER_NFE_REDUCTION)
+        ax.fill_between(xs, [PAPER_NFE_REDUCTION[x][0] for x in xs], [PAPER_NFE_REDUCTION[x][1] for x in xs],
+                        color="gray", alpha=0.25, label="paper, LLaDA-8B k1")
+    ax.set_xlabel("draft budget D")
+    ax.set_ylabel("NFE reduction (baseline / Spiffy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict, out_dir: Path, predict: bool, ceiling: bool) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "nfe_vs_budget.png"}
+    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+    paths["markdown"].write_text(markdown_table(result, predict, ceiling))
+    plot(result, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,136 @@
+"""`spiffy bench`: measure decoders on real prompts.
+
+``--mode spiffy`` (default): baseline vs Spiffy on the same prompts (:mod:`spiffy.bench.dllm`).
+``--mode ar``: the dLLM-drafter / AR-target benchmark, implemented in ``spiffy.bench.ar.run_ar_bench``
+(imported only in that mode). Its own options go in :data:`AR_OPTIONS` below; every option of the
+command is passed to ``run_ar_bench`` as a keyword argument.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import main
+from .sample import decode_options, fail
+
+# ---- options of `--mode ar` (owned by the AR benchmark; add click.option(...) entries here) ----------
+AR_OPTIONS: list = []
+
+
+def ar_options(f):
+    for o in reversed(AR_OPTIONS):
+        f = o(f)
+    return f
+
+
+SETTING_PARAMS = ("cache", "threshold", "tokens_per_step", "steps")
+
+
+def bench_defaults(f):
+    """Gen 256, block 32 by default (the paper's setting). The single-valued --cache, --threshold,
+    --tokens-per-step and --steps of the shared decode options are replaced by the bench's setting lists."""
+    f.__click_params__ = [p for p in f.__click_params__ if p.name not in SETTING_PARAMS]
+    for p in f.__click_params__:
+        if p.name == "gen_length":
+            p.default = 256
+    return f
+
+
+@main.command()
+@bench_defaults
+@click.option("--mode", type=click.Choice(["spiffy", "ar"]), default="spiffy", show_default=True,
+              help="spiffy: baseline vs Spiffy on a dLLM; ar: dLLM drafters for an AR target (spiffy.bench.ar).")
+@click.option("--model", default=None, help="dLLM checkpoint [default: the bundled reference dLLM].")
+@click.option("--dataset", "datasets", multiple=True, default=("gsm8k", "humaneval"), show_default=True,
+              help="Prompt set(s): gsm8k, humaneval, mbpp, ... or a JSONL/text file. Repeatable.")
+@click.option("--limit", default=10, show_default=True, help="Prompts per dataset.")
+@click.option("--data-dir", default=None, help="Data directory [default: $SPIFFY_DATA or ../shared/data].")
+@click.option("--budgets", default="1,3,5,8,10", show_default=True, help="Comma-separated draft budgets D.")
+@click.option("--graph", "graph_file", default=None, type=click.Path(dir_okay=False),
+              help="Use this draft graph file instead of budgets (reported as one budget).")
+@click.option("--prune", type=int, default=None, help="Keep the best N nodes per round (runtime pruning).")
+@click.option("--verify", type=click.Choice(["batch", "packed"]), default="batch", show_default=True,
+              help="Verification: batch copies (exact) or packed (exact only with cache dual).")
+@click.option("--cache", "caches", multiple=True, default=("none",), show_default=True,
+              type=click.Choice(["none", "prefix", "dual"]), help="Cache mode setting(s) to benchmark. Repeatable.")
+@click.option("--threshold", "thresholds", multiple=True, type=float,
+              help="Also benchmark threshold decoding at these thresholds. Repeatable.")
+@click.option("--tokens-per-step", "ks", multiple=True, type=int, default=(1,), show_default=True,
+              help="Tokens per step setting(s) for fixed-count decoding. Repeatable; 0 = none (threshold only).")
+@click.option("--predict", is_flag=True,
+              help="Also replay the baseline's traces with the same graph and print the predicted NFE.")
+@click.option("--ceiling", is_flag=True, help="Also report the NFE ceiling any graph of each budget could reach.")
+@click.option("--vanilla/--no-vanilla", default=True, show_default=True,
+              help="Time the vanilla baseline (cache none, 1 token/step) for the combined tokens/s gain.")
+@click.option("--out", "out_dir", default=None, help="Output folder [default: runs/bench-<time>].")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
+@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@decode_options
+@ar_options
+def bench(mode, **kw):
+    """Benchmark decoders. Default: baseline vs Spiffy per setting and budget (NFE ratio, wall-clock ratio,
+    tokens/s, identical-output rate, accepted drafts per round); writes JSON, a markdown table and a plot."""
+    if mode == "ar":
+        from ..bench.ar import run_ar_bench
+
+        run_ar_bench(**kw)
+        return
+    run_spiffy_bench(**kw)
+
+
+def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, prune, verify, caches, thresholds, ks,
+                     predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, **kw):
+    import torch
+
+    from ..backends import load_backend
+    from ..bench.dllm import Setting, markdown_table, run_dllm_bench, timestamp, write_outputs
+    from ..bench.machine import machine_info
+    from ..datasets import load_prompts
+    from ..errors import SpiffyError
+    from .sample import config_from
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        base_cfg = config_from({**kw, "cache": "none", "threshold": None, "tokens_per_step": None, "steps": None})
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        if graph_file:
+            from ..speculative import load_graph
+            from ..speculative.graph import budget_of
+
+            budget_list = [budget_of(load_graph(graph_file))]
+        settings = [Setting(c, None, k) for c in caches for k in ks if k > 0]
+        settings += [Setting(c, t, 1) for c in caches for t in thresholds]
+        if not settings:
+            raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
+        backend = load_backend(model, device=device, dtype=dtype)
+        sets = {name: load_prompts(name, limit, data_dir) for name in datasets}
+    except SpiffyError as e:
+        fail(str(e))
+    result = {"machine": machine_info(device), "model": backend.name,
+              "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
+                       "graph": graph_file, "prune": prune, "settings": [s.name for s in settings],
+                       "generation": base_cfg.to_dict()},
+              "rows": [], "vanilla": {}}
+    for name, rows in sets.items():
+        prompts = [backend.encode_prompt(r["prompt"], chat=not raw) for r in rows]
+        click.echo(f"[{name}] {len(prompts)} prompts", err=True)
+        try:
+            res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
+                                 ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
+                                 progress=lambda s: click.echo(f"  {s}", err=True))
+        except SpiffyError as e:
+            fail(f"{name}: {e}")
+        for r in res["rows"]:
+            r["dataset"] = name
+        result["rows"] += res["rows"]
+        if "vanilla" in res:
+            result["vanilla"][name] = res["vanilla"]
+    out = Path(out_dir) if out_dir else Path("runs") / f"bench-{timestamp()}"
+    paths = write_outputs(result, out, predict, ceiling)
+    click.echo(markdown_table(result, predict, ceiling))
+    click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))
