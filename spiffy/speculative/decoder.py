@@ -7,8 +7,9 @@ acceptance walk (:mod:`.walk`) applies the baseline's steps, with the baseline's
 as long as the true next state is a verified draft. A step that commits nothing (Dream's schedule
 can have such steps) leaves the state, hence its distribution, unchanged: no call is needed.
 
-Rows of a batch are decoded one at a time (each with its own session); the noise of row r is the
-r-th slice of the batch's draw, as in the batched baseline, and early stopping waits for every row.
+Rows of a batch are decoded one at a time (each with its own session); a step's noise is shared by
+every row of a batch, so each row draws what the batched baseline draws for it, and early stopping
+waits for every row.
 Result ``nfe`` / ``tokens_processed`` are summed over the rows' calls.
 """
 from __future__ import annotations
@@ -52,15 +53,12 @@ class _RowDecoder:
         self.t_draft, self.t_book = Timer(), Timer()
 
     def step(self, logits, block, b, t, n):
-        """The baseline's step on one row, with the noise the batched baseline gives row ``self.row``."""
+        """The baseline's step on one row. A step's noise is one draw shared by every row of a batch
+        (spiffy.sampling.noise), so a row decoded alone gets the noise the batched baseline gives it."""
         gen = step_generator(self.cfg.seed, b, t, self.backend.device)
-        lg, bl = logits[None], block
-        if self.B > 1:
-            lg, bl = lg.expand(self.B, -1, -1), block.expand(self.B, -1)
-        n_commit = None if n is None else [n] * self.B
-        out = denoise_step(lg, bl, self.backend.mask_id, self.cfg, self.sampler, n_commit, gen, self.backend.eos_id,
-                           self.backend.eot_id)
-        return out.tokens[self.row:self.row + 1]
+        out = denoise_step(logits[None], block, self.backend.mask_id, self.cfg, self.sampler,
+                           None if n is None else [n], gen, self.backend.eos_id, self.backend.eot_id)
+        return out.tokens
 
     def decode_block(self, b: int) -> int:
         se, st = self.session, self.stats
@@ -94,7 +92,8 @@ class _RowDecoder:
             with self.t_draft:
                 upcoming = None if schedule is None else [c for c in schedule[t:] if c > 0]
                 graph = self.provider.graph_for(upcoming)
-                source = DraftSource.from_logits(logits, self.k, self.cfg, self.sampler, self.backend.eos_id)
+                source = DraftSource.from_logits(logits, self.k, self.cfg, self.sampler, self.backend.eos_id,
+                                                  self.backend.mask_id)
                 rnd = plan_round(graph, key, source, self.backend.mask_id, upcoming, self.pruner)
             with self.t_book:
                 states = torch.tensor([key] + [rnd.inst.states[f] for f in rnd.nodes], dtype=torch.long,

@@ -30,9 +30,11 @@ class DraftSource:
     probs: torch.Tensor       # [n, K] float64, their probabilities
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None) -> "DraftSource":
+    def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
+                    mask_id=None) -> "DraftSource":
         """``logits`` [n, V] (one row, after CFG). Probabilities follow the sampler's own view: float64
-        softmax, Dream's temperature when sampling, EOS suppressed when the config suppresses it."""
+        softmax, Dream's temperature when sampling, EOS suppressed when the config suppresses it; the
+        mask token is never ranked (the sampler never commits it)."""
         l64 = logits.to(torch.float64)
         if cfg is not None and cfg.logits_eos_inf and eos_id is not None:
             l64 = l64.clone()
@@ -40,7 +42,9 @@ class DraftSource:
         if cfg is not None and sampler == "dream" and cfg.temperature > 0:
             l64 = l64 / cfg.temperature
         probs = torch.softmax(l64, dim=-1)
-        k = max(1, min(k, probs.shape[-1]))
+        if mask_id is not None:
+            probs = probs.index_fill(-1, torch.tensor([mask_id], device=probs.device), -1.0)
+        k = max(1, min(k, probs.shape[-1] - 1))
         top = torch.topk(probs, k, dim=-1)
         return cls(top.values[:, 0].cpu(), top.indices.cpu(), top.values.cpu())
 

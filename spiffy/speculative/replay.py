@@ -52,7 +52,7 @@ def trace_baseline(backend, prompt: list, cfg: GenerationConfig, k: int = 2):
         t = 0
         while True:
             logits = session.begin_block(b) if t == 0 else session.block_logits(b, block)
-            tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id))
+            tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id, backend.mask_id))
             gen = step_generator(cfg.seed, b, t, backend.device)
             n_commit = None if schedule is None else [schedule[t]]
             block = denoise_step(logits, block, backend.mask_id, cfg, sampler, n_commit, gen,

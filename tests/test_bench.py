@@ -1,0 +1,71 @@
+"""`spiffy bench` and `spiffy sample --spiffy` on a tiny model (fast smoke checks of the commands)."""
+import json
+import sys
+import types
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from spiffy.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_tiny(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("what is two plus two?\nadd the numbers\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["bench", "--model", "tiny-llada", "--dtype", "fp64", "--dataset", str(prompts),
+                                  "--gen-length", "16", "--block-length", "8", "--budgets", "1,3", "--cache", "none",
+                                  "--cache", "dual", "--threshold", "0.5", "--predict", "--ceiling", "--raw",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert {"cpu", "cpu_cores", "torch", "cuda", "git_commit"} <= set(res["machine"])
+    assert len(res["rows"]) == 4 * 2            # (none, dual) x (k1, thr0.5) x budgets (1, 3)
+    for row in res["rows"]:
+        assert row["identical_rate"] == 1.0
+        assert row["predicted_nfe"] == row["nfe"]
+        assert row["nfe"] <= row["base_nfe"] and row["ceiling_nfe"] <= row["nfe"]
+    assert (out / "bench.md").read_text().startswith("| data |")
+    assert (out / "nfe_vs_budget.png").stat().st_size > 1000
+
+
+def test_bench_missing_data_dir(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--model", "tiny-llada", "--dataset", "gsm8k",
+                                  "--data-dir", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2
+    assert "data directory" in r.output and "--data-dir" in r.output
+
+
+def test_bench_ar_mode_dispatches(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("spiffy.bench.ar")
+    fake.run_ar_bench = lambda **kw: seen.update(kw)
+    monkeypatch.setitem(sys.modules, "spiffy.bench.ar", fake)
+    r = CliRunner().invoke(main, ["bench", "--mode", "ar", "--limit", "3"])
+    assert r.exit_code == 0, r.output
+    assert seen["limit"] == 3
+
+
+def test_sample_spiffy_json():
+    args = ["sample", "--model", "tiny-llada", "--dtype", "fp64", "--prompt", "hello", "--gen-length", "16",
+            "--block-length", "8", "--raw", "--json"]
+    base = json.loads(CliRunner().invoke(main, args).output)
+    r = CliRunner().invoke(main, args + ["--spiffy", "--budget", "5", "--cache", "dual", "--verify", "packed"])
+    assert r.exit_code == 0, r.output
+    # --cache dual changes the baseline; compare against the same cache without Spiffy
+    base_dual = json.loads(CliRunner().invoke(main, args + ["--cache", "dual"]).output)
+    out = json.loads(r.output)
+    assert out["token_ids"] == base_dual["token_ids"]
+    assert out["stats"]["nfe"] == out["nfe"] and "acceptance_by_depth" in out["stats"]
+    assert base["nfe"] == 16
+    bad = CliRunner().invoke(main, args + ["--budget", "3"])
+    assert bad.exit_code == 2 and "--spiffy" in bad.output
