@@ -155,6 +155,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
         accum = int(stage.get("grad_accum", 1))
         t0 = time.time()
         step, tokens, ema = 0, 0, None
+        history = []
         log(event="stage", stage=stage["name"], minutes=minutes, steps=steps, **info)
         while step < steps:
             elapsed = (time.time() - t0) / 60
@@ -183,6 +184,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
             ema = loss_sum if ema is None else 0.98 * ema + 0.02 * loss_sum
             if step % recipe.get("log_every", 20) == 0 or step == 1:
                 el = time.time() - t0
+                history.append([step, round(loss_sum, 4)])
                 log(event="step", stage=stage["name"], step=step, loss=round(loss_sum, 4), ema=round(ema, 4),
                     lr=round(lr, 6), tokens=tokens, tok_per_s=round(tokens / max(el, 1e-9), 1),
                     elapsed_min=round(el / 60, 2))
@@ -192,8 +194,9 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
                 log(event="checkpoint", stage=stage["name"], step=step)
         rec = {"name": stage["name"], "steps": step, "tokens": tokens, "batch_size": bs * accum,
                "wall_min": round((time.time() - t0) / 60, 2), "final_loss_ema": ema, **info}
-        summary["stages"].append(rec)
         log(event="stage_end", **rec)
+        rec["loss_history"] = history
+        summary["stages"].append(rec)
         save_checkpoint(model, tok, out_dir, recipe.get("save_dtype", "bf16"))
         last_ckpt = time.time()
     summary["wall_min"] = round((time.time() - t_run) / 60, 2)
