@@ -1,6 +1,7 @@
 """DiffuSpec adaptive draft length.
 
-Two exponential moving averages (weight ``alpha`` = 0.5 on the newest value): of the drafted length
+Two exponential moving averages (weight ``alpha`` = 0.5 on the newest value; the
+first observation initialises both): of the drafted length
 before the first EOS, and of the accepted length. The next γ is the drafted-length EMA, plus
 ``grow`` (10) when the accepted EMA has caught up with it (everything drafted tends to be accepted),
 clipped to [``min_len``, ``max_len``] (default [20, 30]).
@@ -36,7 +37,7 @@ class AdaptiveLength:
 
     def observe(self, drafted_before_eos: int, accepted: int) -> int:
         """Record one round and return the next draft length."""
-        a = self.alpha
+        a = self.alpha if self.history else 1.0   # the first observation starts both averages
         self.drafted_ema = a * drafted_before_eos + (1 - a) * self.drafted_ema
         self.accepted_ema = a * accepted + (1 - a) * self.accepted_ema
         g = math.ceil(self.drafted_ema)

@@ -12,7 +12,7 @@ from torch import nn
 
 
 def tiny_target(vocab: int = 64, seed: int = 1, dtype=torch.float64, scale: float = 3.0, layers: int = 2,
-                tokenizer="tiny"):
+                tokenizer="tiny", stop_ids="default"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ..backends.tiny import tiny_tokenizer
@@ -30,8 +30,9 @@ def tiny_target(vocab: int = 64, seed: int = 1, dtype=torch.float64, scale: floa
     model = model.to(dtype).eval()
     model.generation_config.eos_token_id = vocab - 2
     model.generation_config.pad_token_id = vocab - 3
-    tok = tiny_tokenizer(vocab) if tokenizer == "tiny" else tokenizer
-    return ARTarget(model, tok, name=f"tiny-llama-{seed}", stop_ids=[vocab - 2])
+    tok = (tiny_tokenizer(vocab) if vocab == 64 else None) if tokenizer == "tiny" else tokenizer
+    stops = [vocab - 2] if stop_ids == "default" else list(stop_ids)
+    return ARTarget(model, tok, name=f"tiny-llama-{seed}", stop_ids=stops)
 
 
 class _OracleConfig:
