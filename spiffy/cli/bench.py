@@ -16,7 +16,9 @@ from . import main
 from .sample import decode_options, fail
 
 # ---- options of `--mode ar` (owned by the AR benchmark; add click.option(...) entries here) ----------
-AR_OPTIONS: list = []
+from ..bench.ar import ar_click_options  # noqa: E402
+
+AR_OPTIONS: list = ar_click_options()
 
 
 def ar_options(f):
@@ -76,8 +78,12 @@ def bench(mode, **kw):
     tokens/s, identical-output rate, accepted drafts per round); writes JSON, a markdown table and a plot."""
     if mode == "ar":
         from ..bench.ar import run_ar_bench
+        from ..errors import SpiffyError
 
-        run_ar_bench(**kw)
+        try:
+            run_ar_bench(**kw)
+        except SpiffyError as e:
+            fail(str(e))
         return
     run_spiffy_bench(**kw)
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import main
+from ..ar.cli import AR_SAMPLE_PARAMS, ar_sample_options, run_ar_sample
 
 
 def decode_options(f):
@@ -66,8 +67,14 @@ def fail(msg: str):
 @click.option("--verify", type=click.Choice(["batch", "packed"]), default=None,
               help="Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
                    "near-lossless otherwise) [default: batch].")
+@ar_sample_options
 def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, **kw):
-    """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy)."""
+    """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy; or, with
+    --target, let the dLLM draft for an autoregressive target whose output is unchanged)."""
+    ar = {k: kw.pop(k) for k in AR_SAMPLE_PARAMS}
+    if ar["target"] is not None:
+        return run_ar_sample(model=model, prompt=prompt, device=device, dtype=dtype, raw=raw, as_json=as_json,
+                             **ar, **kw)
     from ..errors import ConfigError, SpiffyError
     from ..generate import generate
     from ..backends import load_backend
