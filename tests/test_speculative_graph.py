@@ -31,7 +31,7 @@ def test_default_graphs(budget, k):
     assert budget_of(g) == budget
     check_invariants(g)
     assert ((0, 0),) in g or k > 1          # the top-1 chain starts every 1-token graph
-    if budget >= 3 and k == 1:
+    if budget >= 5 and k == 1:
         assert ((0, 0), (1, 0)) in g and g.in_degree(((0, 0), (1, 0))) == 2   # two parents
 
 

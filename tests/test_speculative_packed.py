@@ -44,6 +44,12 @@ def test_packed_equals_separate_forwards_under_dual_cache(family, cfg_scale, tin
         torch.testing.assert_close(packed[i], single, rtol=0, atol=1e-10)
     # and the single forward of the real state is the baseline's own step computation
     torch.testing.assert_close(packed[0], s.block_logits(1, states[:1])[0], rtol=0, atol=1e-10)
+    # logits at the real state's masked positions only (what the decoder computes): the same rows
+    masked = states[0] == backend.mask_id
+    assert 0 < int(masked.sum()) < states.shape[1]
+    for only in (verify_packed(s, 1, states, masked_only=True), verify_batch(s, 1, states, masked_only=True)):
+        torch.testing.assert_close(only[:, masked], packed[:, masked], rtol=0, atol=1e-10)
+        assert not only[:, ~masked].any()
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

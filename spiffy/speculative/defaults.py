@@ -7,7 +7,9 @@ baseline moves: each committed position is the lowest still-masked position rank
 parent's prior times the step probability, so nodes with several parents count every way in. The
 result is the top-1 chain (``{0:0}``, ``{0:0,1:0}``, ...) plus the best-ranked alternatives
 (``{1:0}``, ``{0:1}``, ...), connected to the root. Threshold (variable) graphs also weigh the
-number of tokens a step commits, fewer being likelier.
+number of tokens a step commits, fewer being likelier. ``a`` and ``b`` were chosen by replaying
+baseline traces of five train-split prompts (GSM8K train, MBPP train) of an early reference-model
+checkpoint; calibrated graphs replace these defaults.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import networkx as nx
 from .graph import ROOT, make_graph
 
 DEFAULT_BUDGETS = (1, 3, 5, 8, 10)
-POS_KEEP = 0.6     # a: chance that a step's position is the next unused rank
-TOK_KEEP = 0.85    # b: chance that a position gets its top-1 token
+POS_KEEP = 0.7     # a: chance that a step's position is the next unused rank
+TOK_KEEP = 0.9     # b: chance that a position gets its top-1 token
 VAR_SIZE = 0.5     # threshold graphs: prior of committing m tokens in a step ~ VAR_SIZE ** (m - 1)
 
 

@@ -38,9 +38,28 @@ def repeat_context(ctx: ContextKV, n: int, cfg_doubled: bool) -> ContextKV:
                                valid=ctx.valid.index_select(0, idx))
 
 
-def verify_batch(session, b: int, states: torch.Tensor) -> torch.Tensor:
+def _rows(states: torch.Tensor, mask_id: int, masked_only: bool):
+    """Block positions whose logits are computed: all, or only those masked in the real state (a
+    step never reads the logits of committed positions, and drafts only fill masked ones)."""
+    n = states.shape[1]
+    if not masked_only:
+        return None
+    sel = (states[0] == mask_id).nonzero().squeeze(-1)
+    return None if sel.numel() == n else sel
+
+
+def _scatter(logits: torch.Tensor, sel, n: int) -> torch.Tensor:
+    if sel is None:
+        return logits
+    out = logits.new_zeros(logits.shape[0], n, logits.shape[-1])
+    out[:, sel] = logits
+    return out
+
+
+def verify_batch(session, b: int, states: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
     """Logits [N, n, V] for the N block states ``states`` [N, n] (row 0: the real current state) of a
-    single-row session, all as batch copies in one forward."""
+    single-row session, all as batch copies in one forward. ``masked_only``: compute logits only at
+    positions masked in the real state (others are left zero)."""
     N = states.shape[0]
     s, e = session.span(b)
     if session.cfg.cache == "none":
@@ -53,11 +72,13 @@ def verify_batch(session, b: int, states: torch.Tensor) -> torch.Tensor:
     ids = session.rows(ids, qs, qe, True)
     pos = session.rows(session.pos[:, qs:qe].expand(N, -1), qs, qe, False)
     valid = session.rows(session.key_valid[:, qs:qe].expand(N, -1), qs, qe, False)
-    out = session.call(ids, pos, valid, context=ctx, logits_index=session.target_rows(b, qs))
-    return session.combine(out.logits)
+    sel = _rows(states, session.backend.mask_id, masked_only)
+    rows = session.target_rows(b, qs)
+    out = session.call(ids, pos, valid, context=ctx, logits_index=rows if sel is None else rows[sel])
+    return _scatter(session.combine(out.logits), sel, states.shape[1])
 
 
-def packed_inputs(session, b: int, states: torch.Tensor):
+def packed_inputs(session, b: int, states: torch.Tensor, sel=None):
     """ids, positions, key validity, prompt mask [1, Lt], the 4-D mask [1, 1, Lt, Lc + Lt] and the
     logits rows [N * n] of the packed sequence."""
     N, n = states.shape
@@ -84,23 +105,25 @@ def packed_inputs(session, b: int, states: torch.Tensor):
     mask[:Lq, :Lq] = True
     outside = torch.ones(Lq, dtype=torch.bool, device=dev)
     outside[rs - qs:e - qs] = False
-    rows = [session.target_rows(b, qs)]
+    within = torch.arange(n, device=dev) if sel is None else sel
+    rows = [session.target_rows(b, qs)[within]]
     for i in range(m):
         a = Lq + i * r
         mask[a:a + r, :Lq] = outside
         mask[a:a + r, a:a + r] = True
-        rows.append(a + torch.arange(n, device=dev))
+        rows.append(a + within)
     if session.context is not None and session.cfg.cache != "none":
         Lc = session.context.length
         mask = torch.cat([torch.ones(Lt, Lc, dtype=torch.bool, device=dev), mask], dim=1)
     return ids, pos, valid, pmask, mask[None, None], torch.cat(rows)
 
 
-def verify_packed(session, b: int, states: torch.Tensor) -> torch.Tensor:
+def verify_packed(session, b: int, states: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
     """Logits [N, n, V] for ``states`` [N, n] (row 0: the real current state) from ONE packed sequence.
     Exact under the dual cache; near-lossless under cache none/prefix (see the module docstring)."""
     N, n = states.shape
-    ids, pos, valid, pmask, mask, rows = packed_inputs(session, b, states)
+    sel = _rows(states, session.backend.mask_id, masked_only)
+    ids, pos, valid, pmask, mask, rows = packed_inputs(session, b, states, sel)
     ctx = None if session.cfg.cache == "none" else session.context
     if session.use_cfg:
         un = torch.where(pmask, torch.full_like(ids, session.backend.mask_id), ids)
@@ -108,13 +131,14 @@ def verify_packed(session, b: int, states: torch.Tensor) -> torch.Tensor:
         pos = torch.cat([pos, pos])
         valid = torch.cat([valid, valid])
     out = session.call(ids, pos, valid, context=ctx, attention_mask=mask, logits_index=rows)
-    logits = session.combine(out.logits)               # [1, N * n, V]
-    return logits.reshape(N, n, -1)
+    logits = session.combine(out.logits)               # [1, N * rows, V]
+    return _scatter(logits.reshape(N, -1, logits.shape[-1]), sel, n)
 
 
-def verify(session, b: int, states: torch.Tensor, mode: str) -> torch.Tensor:
+def verify(session, b: int, states: torch.Tensor, mode: str, masked_only: bool = True) -> torch.Tensor:
+    """Logits of every state; by default only at positions still masked in the real state."""
     if mode == "batch" or states.shape[0] == 1:
-        return verify_batch(session, b, states)
+        return verify_batch(session, b, states, masked_only)
     if mode == "packed":
-        return verify_packed(session, b, states)
+        return verify_packed(session, b, states, masked_only)
     raise ValueError(f"verify mode must be one of {VERIFY_MODES}, got {mode!r}")
