@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import spiffy
-from spiffy.ar import ARDecodeConfig, NGramModel, generate_ar, hf_generate, make_drafter
+from spiffy.ar import ARDecodeConfig, DLLMDrafter, NGramModel, generate_ar, hf_generate, make_drafter
 from spiffy.ar.testing import oracle_drafter, tiny_target
 
 warnings.filterwarnings("ignore")
@@ -44,19 +44,28 @@ def tiny():
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_tiny_dllm_greedy_identical(tiny, family, strategy):
     tgt, ids, ng = tiny
-    drafter = make_drafter(spiffy.tiny_backend(family, dtype=torch.float64), tgt)
+    # a short prefix-cache refresh period so the cache is rebuilt within 16 tokens
+    drafter = DLLMDrafter(spiffy.tiny_backend(family, dtype=torch.float64), tgt.vocab_size, refresh=5)
     for p in ids:
-        ref = hf_generate(tgt, p, 16)
         r = generate_ar(tgt, drafter, p, max_new_tokens=16, ngram=ng, **STRATEGIES[strategy])
-        assert r.token_ids == ref
+        assert r.token_ids == hf_generate(tgt, p, 16)
         assert r.target_calls == r.rounds + 1 and r.drafter_calls >= 1
+
+
+@pytest.mark.parametrize("strategy", ["plain", "tree"])
+def test_tiny_dllm_without_prefix_cache(tiny, strategy):
+    tgt, ids, ng = tiny
+    drafter = make_drafter(spiffy.tiny_backend("dream", dtype=torch.float64), tgt, cache="none")
+    for p in ids[:3]:
+        r = generate_ar(tgt, drafter, p, max_new_tokens=16, **STRATEGIES[strategy])
+        assert r.token_ids == hf_generate(tgt, p, 16)
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_oracle_drafter_partial_acceptance(tiny, strategy):
     """A drafter that mostly agrees with the target: acceptance paths and cache cropping/gathering."""
     tgt, ids, ng = tiny
-    drafter = make_drafter(oracle_drafter(tgt, noise=0.15), tgt)
+    drafter = make_drafter(oracle_drafter(tgt, noise=0.15), tgt, cache="none")
     accepted = 0
     for p in ids[:3]:
         ref = hf_generate(tgt, p, 24)
@@ -82,7 +91,7 @@ def test_plain_loop_and_ar_drafter_identical(tiny):
 
 def test_max_new_tokens_and_eos(tiny):
     tgt, ids, _ = tiny
-    drafter = make_drafter(oracle_drafter(tgt, noise=0.0), tgt)   # perfect drafter
+    drafter = make_drafter(oracle_drafter(tgt, noise=0.0), tgt, cache="none")   # perfect drafter
     for n in (1, 2, 7):
         r = generate_ar(tgt, drafter, ids[0], max_new_tokens=n, draft_length=4)
         assert r.token_ids == hf_generate(tgt, ids[0], n)

@@ -9,6 +9,12 @@ Which masks are committed at each step: greedy drafting uses the most confident 
 sampled drafting always commits left to right, so that every token is drawn from a distribution that
 conditions only on the prefix and on tokens to its left — the condition under which speculative
 sampling against the recorded ``q`` is exact.
+
+Prefix cache (``cache="prefix"``, the default): the keys/values of the committed prefix are computed
+once (a forward over the prefix alone) and reused as a frozen context; each round then runs only the
+uncached tail plus the masks. The context is refreshed once ``refresh`` committed tokens have
+accumulated past it. Like Fast-dLLM's prefix cache this approximates the bidirectional model (cached
+prefix keys do not see later tokens) — it changes drafts, never the verified output.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ class DLLMDrafter:
     kind = "dllm"
 
     def __init__(self, backend, target_vocab: int, steps: int = 1, temperature: float = 0.0,
-                 banned=()):
+                 banned=(), cache: str = "prefix", refresh: int = 32):
         if getattr(backend, "mask_id", None) is None:
             raise ConfigError(f"{getattr(backend, 'name', 'drafter')}: a diffusion drafter needs a mask token id")
         if steps < 1:
@@ -46,6 +52,12 @@ class DLLMDrafter:
         self.steps = int(steps)
         self.temperature = float(temperature)
         self.allowed = allowed_ids(backend.vocab_size, target_vocab, (backend.mask_id, *banned), backend.device)
+        if cache not in ("none", "prefix"):
+            raise ConfigError(f"drafter cache must be 'none' or 'prefix' (got {cache!r})")
+        self.cache = cache
+        self.refresh = max(1, int(refresh))
+        self.ctx = None            # ContextKV of self.ctx_tokens
+        self.ctx_tokens: list = []
         self.calls = 0
         self.seconds = 0.0
 
@@ -54,8 +66,30 @@ class DLLMDrafter:
         return self.backend.name
 
     def reset(self):
-        pass
+        self.ctx, self.ctx_tokens = None, []
 
+    def _forward(self, *a, **kw):
+        t0 = time.perf_counter()
+        out = self.backend.forward(*a, **kw)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def _refresh(self, prefix: list):
+        """Recompute the frozen context over prefix[:-1] when enough new tokens have been committed."""
+        from ..backends.core import ContextKV
+
+        keep = len(prefix) - 1
+        if keep < 1 or (self.ctx is not None and self.ctx_tokens == prefix[: len(self.ctx_tokens)]
+                        and keep - len(self.ctx_tokens) < self.refresh):
+            return
+        dev = self.backend.device
+        x = torch.tensor([prefix[:keep]], dtype=torch.long, device=dev)
+        pos = torch.arange(keep, device=dev)
+        out = self._forward(x, position_ids=pos[None], return_kv=True,
+                            logits_index=torch.zeros(1, 1, dtype=torch.long, device=dev))
+        self.ctx = ContextKV([(k, v) for k, v in out.kv], torch.ones(1, keep, dtype=torch.bool, device=dev), pos)
+        self.ctx_tokens = list(prefix[:keep])
     @torch.no_grad()
     def draft_batch(self, prefixes: list, gammas: list, generator: Optional[torch.Generator] = None,
                     sample: bool = False) -> list:
@@ -67,18 +101,27 @@ class DLLMDrafter:
         be = self.backend
         dev = be.device
         B = len(prefixes)
-        lens = [len(p) + g for p, g in zip(prefixes, gammas)]
+        prefixes = [list(p) for p in prefixes]
+        # the cached context, when every row extends it (and keeps >= 1 uncached token)
+        lc, ctx = 0, None
+        if self.ctx is not None:
+            n = len(self.ctx_tokens)
+            if all(len(p) > n and p[:n] == self.ctx_tokens for p in prefixes):
+                lc, ctx = n, self.ctx.repeat(B)
+        lens = [len(p) - lc + g for p, g in zip(prefixes, gammas)]
         L, G = max(lens), max(gammas)
         x = torch.full((B, L), be.pad_id, dtype=torch.long, device=dev)
         valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        pos = torch.zeros(B, G, dtype=torch.long, device=dev)       # absolute position of each draft slot
+        pos = torch.zeros(B, G, dtype=torch.long, device=dev)       # query row of each draft slot
         slot_ok = torch.zeros(B, G, dtype=torch.bool, device=dev)
         for b, (p, g) in enumerate(zip(prefixes, gammas)):
-            x[b, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
-            x[b, len(p): len(p) + g] = be.mask_id
-            valid[b, : len(p) + g] = True
-            pos[b, :g] = torch.arange(len(p), len(p) + g, device=dev)
+            tail = p[lc:]
+            x[b, : len(tail)] = torch.tensor(tail, dtype=torch.long, device=dev)
+            x[b, len(tail): len(tail) + g] = be.mask_id
+            valid[b, : len(tail) + g] = True
+            pos[b, :g] = torch.arange(len(tail), len(tail) + g, device=dev)
             slot_ok[b, :g] = True
+        qpos = (lc + torch.arange(L, device=dev))[None].expand(B, -1)
         rows = (pos - be.logit_shift).clamp(min=0)
         q = torch.zeros(B, G, self.target_vocab, dtype=torch.float64, device=dev)
         conf = torch.zeros(B, G, dtype=torch.float64, device=dev)
@@ -86,10 +129,7 @@ class DLLMDrafter:
         pending = slot_ok.clone()
         left_to_right = sample
         for s in range(self.steps):
-            t0 = time.perf_counter()
-            out = be.forward(x, attention_mask=valid.long(), logits_index=rows, key_valid=valid)
-            self.calls += 1
-            self.seconds += time.perf_counter() - t0
+            out = self._forward(x, position_ids=qpos, context=ctx, logits_index=rows, key_valid=valid)
             logits = out.logits.to(torch.float64)
             logits = logits.masked_fill(~self.allowed, float("-inf"))
             if sample and self.temperature > 0:
@@ -130,4 +170,7 @@ class DLLMDrafter:
         return res
 
     def draft(self, prefix, gamma: int, generator=None, sample: bool = False) -> Draft:
+        """Draft after the committed ``prefix`` (refreshing the prefix cache when it is on)."""
+        if self.cache == "prefix":
+            self._refresh(list(prefix))
         return self.draft_batch([list(prefix)], [gamma], generator, sample)[0]

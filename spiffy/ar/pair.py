@@ -26,7 +26,7 @@ def _is_dllm(path_or_id: str) -> bool:
     return False
 
 
-def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0):
+def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0, cache: str = "prefix"):
     """Wrap a loaded drafter (a DiffusionBackend or an ARTarget) after checking its tokenizer."""
     from ..backends.backend import DiffusionBackend
 
@@ -35,7 +35,7 @@ def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float =
     tok = getattr(drafter, "tokenizer", None)
     check_tokenizers(target.tokenizer, tok, target.name, getattr(drafter, "name", "drafter"))
     if isinstance(drafter, DiffusionBackend):
-        return DLLMDrafter(drafter, target.vocab_size, steps=steps, temperature=temperature)
+        return DLLMDrafter(drafter, target.vocab_size, steps=steps, temperature=temperature, cache=cache)
     if isinstance(drafter, ARTarget):
         return ARDrafter(drafter, target.vocab_size, temperature=temperature, stop_ids=target.stop_ids)
     raise ConfigError(f"unsupported drafter type {type(drafter).__name__}: pass a diffusion backend or an ARTarget")
@@ -50,8 +50,8 @@ def load_drafter_model(path_or_id: str, device: str = "cpu", dtype=None):
 
 
 def load_pair(target_path: str, drafter_path: str, device: str = "cpu", dtype=None, steps: int = 1,
-              temperature: float = 0.0):
+              temperature: float = 0.0, cache: str = "prefix"):
     """(ARTarget, drafter) — a DLLMDrafter for a LLaDA/Dream checkpoint, else a classic ARDrafter."""
     target = load_causal_lm(target_path, device=device, dtype=dtype)
-    drafter = make_drafter(load_drafter_model(drafter_path, device, dtype), target, steps, temperature)
+    drafter = make_drafter(load_drafter_model(drafter_path, device, dtype), target, steps, temperature, cache)
     return target, drafter

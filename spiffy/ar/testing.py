@@ -4,6 +4,7 @@
 ``oracle_drafter``: a diffusion-style backend built on a causal LM that fills masks with that LM's
 greedy continuation plus seeded logit noise — a drafter that agrees with the target often but not
 always, so tests exercise partial acceptance (random tiny dLLMs almost never agree with a target).
+It ignores a KV context: use it with ``DLLMDrafter(..., cache="none")``.
 """
 from __future__ import annotations
 
