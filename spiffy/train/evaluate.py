@@ -184,58 +184,93 @@ def ar_generate(model, tok, prompts: list[str], max_new_tokens: int = 256) -> li
     return texts
 
 
+PARTS = ("losses", "samples", "gsm8k")
+
+
 def evaluate(path, data_dir=None, n_gsm8k: int = 200, n_samples_gsm8k: int = 5, n_samples_he: int = 3,
-             batch: int = 20, log=print) -> dict:
+             batch: int = 20, parts=PARTS, gsm8k_range=None, n_heldout: int = 24, log=print) -> dict:
+    """Measure the requested ``parts``; ``gsm8k_range`` (start, stop) restricts the accuracy run to a slice
+    of the first ``n_gsm8k`` questions (to split it over processes; merge with ``--merge``)."""
     from ..datasets import load_prompts, resolve_data_dir
 
     data_dir = resolve_data_dir(data_dir)
     kind, model, tok = load_any(path)
     t0 = time.time()
     res = {"model": Path(path).name, "kind": kind, "torch_threads": torch.get_num_threads()}
-    res["fixed_batch"] = {"texts": "spiffy.train.evaluate.FIXED_TEXTS", "length": 64, "seed": FIXED_SEED,
-                          "mask_ratio": FIXED_RATIO if kind == "dllm" else None,
-                          "loss": round(fixed_batch_loss(kind, model, tok), 5)}
-    windows = stdlib_windows(tok, data_dir)
-    pairs = gsm8k_test_pairs(tok, data_dir)
-    res["heldout"] = {"python_stdlib_valid_windows": [int(windows.shape[0]), int(windows.shape[1])],
-                      "gsm8k_test_questions": len(pairs)}
-    res["heldout"].update(dllm_losses(model, windows, pairs) if kind == "dllm" else ar_losses(model, windows, pairs))
-    log(f"losses done {time.time() - t0:.0f}s: {res['heldout']}")
+    if "losses" in parts:
+        res["fixed_batch"] = {"texts": "spiffy.train.evaluate.FIXED_TEXTS", "length": 64, "seed": FIXED_SEED,
+                              "mask_ratio": FIXED_RATIO if kind == "dllm" else None,
+                              "loss": round(fixed_batch_loss(kind, model, tok), 5)}
+        windows = stdlib_windows(tok, data_dir, n=n_heldout)
+        pairs = gsm8k_test_pairs(tok, data_dir, n=n_heldout)
+        res["heldout"] = {"python_stdlib_valid_windows": [int(windows.shape[0]), int(windows.shape[1])],
+                          "gsm8k_test_questions": len(pairs)}
+        res["heldout"].update(dllm_losses(model, windows, pairs) if kind == "dllm" else ar_losses(model, windows, pairs))
+        log(f"losses done {time.time() - t0:.0f}s: {res['heldout']}")
     gsm = load_prompts("gsm8k", n_gsm8k, data_dir)
-    he = load_prompts("humaneval", n_samples_he, data_dir)
-    samples = []
-    for r in gsm[:n_samples_gsm8k] + he:
-        if kind == "dllm":
-            text = dllm_generate(model, r["prompt"]).text[0]
-        else:
-            text = ar_generate(model, tok, [r["prompt"]])[0]
-        samples.append({"id": r["id"], "prompt": r["prompt"], "output": text})
-    res["samples"] = samples
-    res["samples_decoding"] = ("spiffy.generate(backend, prompt, gen_length=256, block_length=32) (greedy, "
-                               "1 token/step, no cache)" if kind == "dllm" else
-                               "model.generate(max_new_tokens=256, do_sample=False)")
-    log(f"samples done {time.time() - t0:.0f}s")
-    correct, preds = 0, []
-    for i in range(0, len(gsm), batch):
-        chunk = gsm[i:i + batch]
-        if kind == "dllm":
-            texts = dllm_generate(model, [r["prompt"] for r in chunk], cache="dual", early_stop=True).text
-        else:
-            texts = ar_generate(model, tok, [r["prompt"] for r in chunk])
-        for r, t in zip(chunk, texts):
-            p = parse_answer(t)
-            ok = _num_eq(p, gold_answer(r["reference"]))
-            correct += ok
-            preds.append({"id": r["id"], "pred": p, "gold": gold_answer(r["reference"]), "correct": bool(ok)})
-        log(f"gsm8k {i + len(chunk)}/{len(gsm)} correct {correct}")
-    res["gsm8k"] = {"n": len(gsm), "correct": correct, "accuracy": round(correct / max(1, len(gsm)), 4),
-                    "with_answer_marker": sum(p["pred"] is not None for p in preds),
-                    "decoding": ("spiffy.generate gen_length=256 block_length=32 greedy 1 token/step, cache='dual', "
-                                 "early_stop=True, batches of %d (left-padded)" % batch) if kind == "dllm" else
-                    "greedy generate, max_new_tokens=256, batches of %d (left-padded)" % batch,
-                    "predictions": preds}
+    if "samples" in parts:
+        he = load_prompts("humaneval", n_samples_he, data_dir)
+        samples = []
+        for r in gsm[:n_samples_gsm8k] + he:
+            if kind == "dllm":
+                # early_stop only skips blocks after every row has committed EOS: the text is unchanged
+                text = dllm_generate(model, r["prompt"], early_stop=True).text[0]
+            else:
+                text = ar_generate(model, tok, [r["prompt"]])[0]
+            samples.append({"id": r["id"], "prompt": r["prompt"], "output": text})
+            log(f"sample {r['id']} {time.time() - t0:.0f}s")
+        res["samples"] = samples
+        res["samples_decoding"] = ("spiffy.generate(backend, prompt, gen_length=256, block_length=32) (greedy, "
+                                   "1 token/step, no cache; early_stop, which leaves the text unchanged)"
+                                   if kind == "dllm" else "model.generate(max_new_tokens=256, do_sample=False)")
+    if "gsm8k" in parts:
+        lo, hi = gsm8k_range or (0, len(gsm))
+        sub = gsm[lo:hi]
+        correct, preds = 0, []
+        for i in range(0, len(sub), batch):
+            chunk = sub[i:i + batch]
+            if kind == "dllm":
+                texts = dllm_generate(model, [r["prompt"] for r in chunk], cache="dual", early_stop=True).text
+            else:
+                texts = ar_generate(model, tok, [r["prompt"] for r in chunk])
+            for r, t in zip(chunk, texts):
+                p = parse_answer(t)
+                ok = _num_eq(p, gold_answer(r["reference"]))
+                correct += ok
+                preds.append({"id": r["id"], "pred": p, "gold": gold_answer(r["reference"]), "correct": bool(ok),
+                              "output": t})
+            log(f"gsm8k {lo + i + len(chunk)}/{hi} correct {correct} {time.time() - t0:.0f}s")
+        res["gsm8k"] = _gsm8k_summary(preds, kind, batch)
     res["eval_wall_s"] = round(time.time() - t0, 1)
     return res
+
+
+def _gsm8k_summary(preds, kind, batch):
+    correct = sum(p["correct"] for p in preds)
+    return {"n": len(preds), "correct": correct, "accuracy": round(correct / max(1, len(preds)), 4),
+            "with_answer_marker": sum(p["pred"] is not None for p in preds),
+            "decoding": ("spiffy.generate gen_length=256 block_length=32, greedy 1 token/step, cache='dual', "
+                         "early_stop=True, batches of %d (left-padded)" % batch) if kind == "dllm" else
+            "greedy generate, max_new_tokens=256, batches of %d (left-padded)" % batch,
+            "predictions": preds}
+
+
+def merge(files) -> dict:
+    """Merge partial results (parts and GSM8K slices) into one eval.json object."""
+    out, preds, wall = {}, [], 0.0
+    for f in files:
+        r = json.loads(Path(f).read_text())
+        wall += r.pop("eval_wall_s", 0.0)
+        g = r.pop("gsm8k", None)
+        if g:
+            preds += g["predictions"]
+            out["_gsm8k_kind"] = r["kind"]
+        out.update(r)
+    if preds:
+        preds.sort(key=lambda p: int(p["id"].split("/")[-1]))
+        out["gsm8k"] = _gsm8k_summary(preds, out.pop("_gsm8k_kind"), 20)
+    out["eval_cpu_process_s"] = round(wall, 1)
+    return out
 
 
 def main(argv=None):
@@ -243,13 +278,21 @@ def main(argv=None):
     ap.add_argument("model")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--n-gsm8k", type=int, default=200)
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma list of losses,samples,gsm8k")
+    ap.add_argument("--gsm8k-range", default=None, help="START:STOP slice of the GSM8K questions")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="JSON path (default: <model>/eval.json)")
+    ap.add_argument("--merge", nargs="+", default=None, help="merge these partial JSON files into --out")
     a = ap.parse_args(argv)
+    out = Path(a.out or Path(a.model) / "eval.json")
+    if a.merge:
+        out.write_text(json.dumps(merge(a.merge), indent=2))
+        print(f"wrote {out}")
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = evaluate(a.model, a.data_dir, a.n_gsm8k)
-    out = Path(a.out or Path(a.model) / "eval.json")
+    rng = tuple(int(x) for x in a.gsm8k_range.split(":")) if a.gsm8k_range else None
+    res = evaluate(a.model, a.data_dir, a.n_gsm8k, parts=tuple(a.parts.split(",")), gsm8k_range=rng)
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out}")
 
