@@ -154,3 +154,7 @@ def test_bad_speculative_config(tiny_llada):
         generate_speculative(tiny_llada, [PROMPTS[0]], GenerationConfig(gen_length=24, block_length=12,
                                                                         threshold=0.5),
                              SpeculativeConfig(graph=default_graph(3, [1] * 4)))
+    with pytest.raises(ConfigError, match="no draft could ever match"):   # a 1-token graph for 2 tokens/step
+        generate_speculative(tiny_llada, [PROMPTS[0]], GenerationConfig(gen_length=24, block_length=12,
+                                                                        tokens_per_step=2),
+                             SpeculativeConfig(graph=default_graph(3, [1] * 4)))

@@ -19,7 +19,8 @@ import networkx as nx
 from ..errors import ConfigError
 from .calibrated import calibrated_graph_for
 from .defaults import default_graph
-from .graph import ROOT, budget_of, is_fixed, load_graph
+from ..sampling.schedule import block_schedule
+from .graph import ROOT, budget_of, counts_of, is_fixed, load_graph
 from .proposer import DraftSource, Instantiation, Pruner, instantiate
 
 
@@ -46,6 +47,12 @@ class GraphProvider:
                 want = "variable (threshold decoding)" if self.variable else "fixed (a set number of tokens per step)"
                 raise ConfigError(f"draft graph mode {g.graph.get('mode')!r} does not fit this setting, which needs a "
                                   f"{want} graph")
+            if is_fixed(g):
+                sched = {c for c in block_schedule(sampler, cfg.block_length, cfg.steps_per_block) if c > 0}
+                first = counts_of(g)[:1]
+                if first and first[0] not in sched:
+                    raise ConfigError(f"draft graph was built for steps committing {counts_of(g)} tokens, but this "
+                                      f"setting's steps commit {sorted(sched)}: no draft could ever match")
             self.fixed_graph = g
             self.budget = budget_of(g)
         self._cache = {}
