@@ -176,18 +176,18 @@ def load_causal_lm(path_or_id: str, device: str = "cpu", dtype=None, name: Optio
     """Load an ``AutoModelForCausalLM`` checkpoint (local directory or hub id) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..backends.loader import resolve_dtype
+    from ..backends.loader import resolve_dtype, resolve_path
 
-    p = Path(path_or_id).expanduser()
-    if p.exists() and not (p / "config.json").exists():
-        raise ModelLoadError(f"{p} has no config.json: not a causal-LM checkpoint")
+    if path_or_id is None:
+        raise ModelLoadError("no causal-LM target given")
+    p = resolve_path(str(path_or_id))   # a local checkpoint, or a hub snapshot (clear error otherwise)
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
     except Exception as e:
         raise ModelLoadError(f"causal LM {path_or_id!r} could not be loaded: {type(e).__name__}: {e}") from None
     try:
-        tok = AutoTokenizer.from_pretrained(str(path_or_id))
+        tok = AutoTokenizer.from_pretrained(str(p))
     except Exception as e:
         raise ModelLoadError(f"the tokenizer of {path_or_id!r} could not be loaded: {type(e).__name__}: {e}") from None
     return ARTarget(model.to(device), tok, name=name or p.name or str(path_or_id))
