@@ -122,3 +122,14 @@ def test_causal_lm_loss_answer_only():
     logits = m(input_ids=ids).logits
     ref = torch.nn.functional.cross_entropy(logits[:, 5:8].reshape(-1, 50), ids[:, 6:9].reshape(-1))
     assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_speculatability_call_count():
+    from spiffy.train.speculatability import calls_for_depth
+
+    order = [(0, 5), (1, 6), (2, 7), (3, 8)]
+    right = [(p, t, 0.9, order[i:]) for i, (p, t) in enumerate(order)]
+    # baseline: 4 calls; drafts always right: depth 1 -> 2 rounds, depth >= 3 -> 1 round (+1 block start)
+    assert [calls_for_depth([right], d) for d in (1, 2, 3, 4)] == [3, 3, 2, 2]
+    wrong = [(p, t, 0.9, list(reversed(order[i:]))) for i, (p, t) in enumerate(order)]
+    assert calls_for_depth([wrong], 8) == 5

@@ -83,26 +83,36 @@ def calls_for_depth(blocks, depth: int) -> int:
     return calls
 
 
-def report(backend, prompts: list[str], max_depth: int = MAX_DEPTH, log=print, cache: str = "none") -> dict:
+def record(backend, prompts: list[str], log=print, cache: str = "none") -> list[dict]:
     t0 = time.time()
-    traces, probs, total_steps = [], [], 0
+    traces = []
     for i, p in enumerate(prompts):
         ids = backend.encode_prompt(p, chat=True)
         gen, blocks = trace(backend, ids, cache=cache)
         traces.append({"prompt": p, "generated_ids": gen, "text": backend.decode(gen), "blocks": blocks})
-        probs += [st[2] for bl in blocks for st in bl]
-        total_steps += sum(len(bl) for bl in blocks)
         log(f"trace {i + 1}/{len(prompts)} {time.time() - t0:.0f}s")
+    return traces
+
+
+def summarise(traces: list[dict], eos_id: int, cache: str, max_depth: int = MAX_DEPTH) -> dict:
+    probs = [st[2] for t in traces for bl in t["blocks"] for st in bl]
+    total_steps = len(probs)
     table = {}
     for d in range(1, max_depth + 1):
         calls = sum(calls_for_depth(t["blocks"], d) for t in traces)
         table[str(d)] = {"baseline_calls": total_steps, "spiffy_calls": calls, "ratio": round(total_steps / calls, 3)}
-    eos_steps = sum(st[1] == backend.eos_id for t in traces for bl in t["blocks"] for st in bl)
-    return {"n_prompts": len(prompts), "gen_length": 256, "block_length": 32, "cache": cache, "steps": total_steps,
+    eos_steps = sum(st[1] == eos_id for t in traces for bl in t["blocks"] for st in bl)
+    return {"n_prompts": len(traces), "gen_length": 256, "block_length": 32, "cache": cache, "steps": total_steps,
             "mean_top1_prob_committed": round(sum(probs) / len(probs), 4),
             "fraction_steps_committing_eos": round(eos_steps / total_steps, 4),
-            "ratio_by_depth": table, "wall_s": round(time.time() - t0, 1),
-            "outputs": [t["text"] for t in traces]}
+            "ratio_by_depth": table, "outputs": [t["text"] for t in traces]}
+
+
+def report(backend, prompts: list[str], max_depth: int = MAX_DEPTH, log=print, cache: str = "none") -> dict:
+    t0 = time.time()
+    res = summarise(record(backend, prompts, log, cache), backend.eos_id, cache, max_depth)
+    res["wall_s"] = round(time.time() - t0, 1)
+    return res
 
 
 def main(argv=None):
@@ -114,17 +124,38 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--dataset", default="gsm8k")
     ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--range", default=None, help="START:STOP: trace only these prompts and write raw traces "
+                                                    "(combine the pieces with --merge)")
+    ap.add_argument("--merge", nargs="+", default=None, help="raw trace files from --range runs")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default="none", help="none (the exact spiffy.generate default) | prefix | dual")
     ap.add_argument("--out", default=None, help="JSON path (default: <model>/speculatability.json)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    be = load_backend(a.model, device="cpu", dtype="float32")
-    rows = load_prompts(a.dataset, a.n, a.data_dir)
-    res = report(be, [r["prompt"] for r in rows], cache=a.cache)
-    res["dataset"] = f"first {a.n} {a.dataset} questions"
     out = Path(a.out or Path(a.model) / "speculatability.json")
+    cfg = json.loads((Path(a.model) / "config.json").read_text())
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        parts.sort(key=lambda p: p["start"])
+        traces = [t for p in parts for t in p["traces"]]
+        res = summarise(traces, cfg["eos_token_id"], parts[0]["cache"])
+        res["dataset"] = parts[0]["dataset"]
+        res["wall_s_sum"] = round(sum(p["wall_s"] for p in parts), 1)
+    else:
+        be = load_backend(a.model, device="cpu", dtype="float32")
+        rows = load_prompts(a.dataset, a.n, a.data_dir)
+        lo, hi = (int(x) for x in a.range.split(":")) if a.range else (0, len(rows))
+        t0 = time.time()
+        traces = record(be, [r["prompt"] for r in rows[lo:hi]], cache=a.cache)
+        if a.range:
+            out.write_text(json.dumps({"start": lo, "stop": hi, "cache": a.cache, "dataset": f"first {a.n} {a.dataset} "
+                                       "questions", "wall_s": round(time.time() - t0, 1), "traces": traces}))
+            print(f"wrote {out}")
+            return
+        res = summarise(traces, be.eos_id, a.cache)
+        res["dataset"] = f"first {a.n} {a.dataset} questions"
+        res["wall_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "outputs"}, indent=1))
 
