@@ -27,7 +27,6 @@ from ..sampling.schedule import block_schedule
 from ..sampling.session import DecodeSession, _sync
 from ..sampling.step import denoise_step
 from .config import NearLosslessWarning, SpeculativeConfig
-from .graph import ROOT
 from .proposer import DraftSource
 from .stats import SpeculativeStats
 from .verifier import packed_is_exact, verify, verify_batch
@@ -40,13 +39,12 @@ NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-loss
 
 class _RowDecoder:
     def __init__(self, backend, cfg: GenerationConfig, spec: SpeculativeConfig, provider: GraphProvider,
-                 prompt, row: int, B: int, stats: SpeculativeStats):
+                 prompt, stats: SpeculativeStats):
         self.backend, self.cfg, self.spec = backend, cfg, spec
         self.session = DecodeSession(backend, [prompt], cfg)
         self.sampler = sampler_of(backend, cfg)
         self.provider = provider
         self.pruner = spec.pruner()
-        self.row, self.B = row, B
         self.stats = stats
         self.k = token_ranks_needed(provider)
         self.exact = spec.verify == "batch" or packed_is_exact(cfg.cache)
@@ -152,8 +150,7 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
     sampler = sampler_of(backend, cfg)
     provider = GraphProvider(spec, backend, cfg, sampler)
     stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget)
-    B = len(prompts)
-    rows = [_RowDecoder(backend, cfg, spec, provider, p, r, B, stats) for r, p in enumerate(prompts)]
+    rows = [_RowDecoder(backend, cfg, spec, provider, p, stats) for p in prompts]
     block_steps = []
     for b in range(cfg.num_blocks):
         block_steps.append(max(rd.decode_block(b) for rd in rows))
