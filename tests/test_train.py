@@ -132,4 +132,5 @@ def test_speculatability_call_count():
     # baseline: 4 calls; drafts always right: depth 1 -> 2 rounds, depth >= 3 -> 1 round (+1 block start)
     assert [calls_for_depth([right], d) for d in (1, 2, 3, 4)] == [3, 3, 2, 2]
     wrong = [(p, t, 0.9, list(reversed(order[i:]))) for i, (p, t) in enumerate(order)]
-    assert calls_for_depth([wrong], 8) == 5
+    # reversed ranking: only the last two steps' draft matches (as a set): 1 + 1 + 1 + 1 calls
+    assert calls_for_depth([wrong], 8) == 4
