@@ -26,6 +26,8 @@ class ContextKV:
     layers: list
     valid: torch.Tensor
     positions: torch.Tensor
+    all_valid: bool = False   # set when no key is padding, so no mask needs building
+
 
     @property
     def length(self) -> int:
@@ -39,6 +41,7 @@ class ContextKV:
             [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.layers],
             self.valid.expand(n, -1),
             self.positions,
+            self.all_valid,
         )
 
 
@@ -66,17 +69,20 @@ def block_forward(x, cos, sin, mask, context_kv, *, attn_norm, q_proj, k_proj, v
     return x, (k, v)
 
 
-def build_mask(query_valid, context: Optional[ContextKV], attention_mask):
-    """Combine key padding (query and context) with an optional 4-D boolean/additive mask."""
-    B, Lq = query_valid.shape
+def build_mask(query_valid, context: Optional[ContextKV], attention_mask, B, Lq, device):
+    """Combine key padding (query and context; None = no padding) with an optional 4-D boolean or
+    additive mask. Returns None for full attention (SDPA's fastest path) without a host sync."""
+    ctx_full = context is None or context.all_valid
+    if query_valid is None and ctx_full and attention_mask is None:
+        return None
+    if query_valid is None:
+        query_valid = torch.ones(B, Lq, dtype=torch.bool, device=device)
     keys = query_valid if context is None else torch.cat([context.valid.expand(B, -1), query_valid], dim=1)
     mask = keys[:, None, None, :]
     if attention_mask is not None:
         if attention_mask.dtype != torch.bool:
             attention_mask = attention_mask > -1e4  # additive mask: 0 = keep, large negative = drop
         mask = mask & attention_mask
-    if bool(mask.all()):
-        return None  # full attention: let SDPA take its fastest path
     return mask
 
 
@@ -91,22 +97,23 @@ def stack_forward(model, input_ids, position_ids=None, attention_mask=None, cont
     B, L = input_ids.shape
     device = input_ids.device
     four_d = None
-    if key_valid is None:
-        key_valid = torch.ones(B, L, dtype=torch.bool, device=device)
     if attention_mask is not None:
         if attention_mask.dim() == 2:
-            key_valid = key_valid & attention_mask.bool()
+            key_valid = attention_mask.bool() if key_valid is None else key_valid & attention_mask.bool()
         else:
             four_d = attention_mask
     if position_ids is None:
         if context is not None:
             raise ValueError("position_ids are required when a KV context is given")
-        position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+        if key_valid is None:
+            position_ids = torch.arange(L, device=device)
+        else:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
     if position_ids.dim() == 1:
         position_ids = position_ids[None].expand(B, -1)
     x = model.embed(input_ids)
     cos, sin = model.rotary.cos_sin(position_ids, x.dtype)
-    mask = build_mask(key_valid, context, four_d)
+    mask = build_mask(key_valid, context, four_d, B, L, device)
     kvs = [] if return_kv else None
     for i, blk in enumerate(model.blocks_list()):
         ctx = None if context is None else context.layers[i]

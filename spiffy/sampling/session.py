@@ -41,6 +41,7 @@ class DecodeSession:
         x[:, self.P:] = backend.mask_id
         self.x = x
         self.key_valid = valid
+        self.padded = any(len(p) < self.P for p in prompts)
         self.pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
         self.prompt_mask = valid.clone()
         self.prompt_mask[:, self.P:] = False
@@ -99,7 +100,8 @@ class DecodeSession:
         dev = self.backend.device
         _sync(dev)
         t0 = time.perf_counter()
-        out = self.backend.forward(ids, pos, attention_mask, context, return_kv, logits_index, key_valid=valid)
+        out = self.backend.forward(ids, pos, attention_mask, context, return_kv, logits_index,
+                                   key_valid=valid if self.padded else None)
         _sync(dev)
         self.model_time += time.perf_counter() - t0
         self.nfe += 2 if self.use_cfg else 1
@@ -124,7 +126,7 @@ class DecodeSession:
             idx = keep.nonzero().squeeze(-1)
             layers = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in out.kv]
             valid = self.rows(self.key_valid[:, idx], 0, 0, False)
-            self.context = ContextKV(layers, valid, idx)
+            self.context = ContextKV(layers, valid, idx, all_valid=not self.padded)
         return self.combine(out.logits)
 
     def block_logits(self, b: int, block: torch.Tensor) -> torch.Tensor:
