@@ -98,7 +98,7 @@ def test_ngram_roundtrip_and_errors(tmp_path):
 
 
 def test_candidate_sets_and_path_search():
-    q = torch.tensor([[0.5, 0.3, 0.1, 0.1, 0.0], [0.9, 0.05, 0.05, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25, 0.0]],
+    q = torch.tensor([[0.5, 0.3, 0.1, 0.1, 0.0], [0.9, 0.05, 0.05, 0.0, 0.0], [0.3, 0.28, 0.22, 0.2, 0.0]],
                      dtype=torch.float64)
     sets = candidate_sets(q, 0.8, 2, eos_ids=[4])
     assert [s[0] for s in sets] == [[0, 1, 4], [0, 4], [0, 1, 4]]

@@ -31,7 +31,7 @@ from .vocab import allowed_ids, to_target_vocab
 @dataclass
 class Draft:
     tokens: list            # drafted token ids (γ of them)
-    q: torch.Tensor         # [γ, V_target] distribution each token was drawn from
+    q: torch.Tensor         # [γ, V_target] distribution each token was drawn from (drafter's float dtype)
     conf: torch.Tensor      # [γ] probability of the drafted token when it was committed
     logq: Optional[torch.Tensor] = None   # [γ, V_target] log of q (for path search)
 
@@ -123,14 +123,16 @@ class DLLMDrafter:
             slot_ok[b, :g] = True
         qpos = (lc + torch.arange(L, device=dev))[None].expand(B, -1)
         rows = (pos - be.logit_shift).clamp(min=0)
-        q = torch.zeros(B, G, self.target_vocab, dtype=torch.float64, device=dev)
-        conf = torch.zeros(B, G, dtype=torch.float64, device=dev)
+        q = torch.zeros(B, G, self.target_vocab, dtype=torch.float32, device=dev)
+        conf = torch.zeros(B, G, dtype=torch.float32, device=dev)
         tokens = torch.full((B, G), -1, dtype=torch.long, device=dev)
         pending = slot_ok.clone()
         left_to_right = sample
         for s in range(self.steps):
             out = self._forward(x, position_ids=qpos, context=ctx, logits_index=rows, key_valid=valid)
-            logits = out.logits.to(torch.float64)
+            logits = out.logits
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
             logits = logits.masked_fill(~self.allowed, float("-inf"))
             if sample and self.temperature > 0:
                 probs = torch.softmax(logits / self.temperature, dim=-1)
@@ -142,6 +144,9 @@ class DLLMDrafter:
             else:
                 choice = probs.argmax(-1)
             cprob = probs.gather(-1, choice[..., None])[..., 0]
+            if self.steps == 1:   # one step: every slot is committed from this forward
+                tokens, conf, q = choice, cprob, to_target_vocab(probs, self.target_vocab)
+                break
             # how many slots each row commits this step
             commit = torch.zeros(B, G, dtype=torch.bool, device=dev)
             for b in range(B):
@@ -155,6 +160,8 @@ class DLLMDrafter:
                 else:
                     sel = idx[cprob[b, idx].argsort(descending=True, stable=True)[:k]]
                 commit[b, sel] = True
+            if s == 0:
+                q, conf = q.to(probs.dtype), conf.to(probs.dtype)
             tokens = torch.where(commit, choice, tokens)
             conf = torch.where(commit, cprob, conf)
             q = torch.where(commit[..., None], to_target_vocab(probs, self.target_vocab), q)

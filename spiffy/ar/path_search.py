@@ -38,16 +38,18 @@ class PathSearchConfig:
 def candidate_sets(q: torch.Tensor, tau: float, max_candidates: int, eos_ids=()) -> list:
     """Per position: (token ids, drafter probs) of the fewest top tokens with mass >= tau (cap M), plus EOS."""
     out = []
-    probs, order = q.sort(dim=-1, descending=True)
+    k_max = min(max_candidates, q.shape[1])
+    probs, order = q.topk(k_max, dim=-1)          # the cap M makes a full sort unnecessary
     cum = probs.cumsum(-1)
-    for i in range(q.shape[0]):
-        k = int((cum[i] < tau).sum()) + 1
-        k = max(1, min(k, max_candidates))
-        ids = order[i, :k].tolist()
+    ks = ((cum < tau).sum(-1) + 1).clamp(1, k_max).tolist()
+    probs_l, order_l = probs.tolist(), order.tolist()
+    for i, k in enumerate(ks):
+        ids, ps = order_l[i][:k], probs_l[i][:k]
         for e in eos_ids:
             if e is not None and e < q.shape[1] and e not in ids:
                 ids.append(int(e))
-        out.append((ids, q[i, ids].tolist()))
+                ps.append(float(q[i, e]))
+        out.append((ids, ps))
     return out
 
 
@@ -70,8 +72,10 @@ def causal_path_search(q: torch.Tensor, context: list, ngram, cfg: PathSearchCon
                 s = cfg.lam * logq + (1 - cfg.lam) * ln
             else:
                 s = logq
-            for t, st in zip(ids, s):
-                new.append((toks + [t], score + float(st), t in eos))
+            top = np.argsort(-s, kind="stable")[: cfg.beam]   # only a beam's best expansions can survive
+            for j in top:
+                t = ids[j]
+                new.append((toks + [t], score + float(s[j]), t in eos))
         new.sort(key=lambda b: b[1] / max(1, len(b[0])), reverse=True)
         beams = new[: cfg.beam]
         if all(b[2] for b in beams):
