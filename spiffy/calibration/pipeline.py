@@ -1,0 +1,177 @@
+"""The calibration run: trace the baseline on a prompt set, count formulas, select graphs per budget
+and objective, write versioned artifacts, and evaluate on held-out prompts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import networkx as nx
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..errors import ConfigError
+from ..sampling.baseline import sampler_of
+from ..sampling.schedule import block_schedule
+from ..speculative.calibrated import setting_key
+from ..speculative.defaults import default_graph
+from ..speculative.graph import ROOT, make_graph
+from .artifact import write_graph_artifact
+from .counts import formula_counts, possibility_graph, possibility_to_dict
+from .fingerprint import model_fingerprint
+from .select import OBJECTIVES, select_nodes
+from .simulate import IndexedChains, baseline_calls, simulate
+from .traces import chains_of, collect_traces
+
+
+@dataclass
+class TraceSet:
+    """Traces of one prompt set under one setting, as chains ready for replay."""
+    name: str
+    prompts: list
+    chains: list
+    results: list = field(default_factory=list)
+    traces: list = field(default_factory=list)
+
+    @property
+    def baseline(self) -> int:
+        return baseline_calls(self.chains)
+
+
+def step_counts_for(backend, cfg, depth: int) -> Optional[list]:
+    """Per-step commit counts a fixed graph uses (None for threshold decoding)."""
+    if cfg.threshold is not None:
+        return None
+    sched = block_schedule(sampler_of(backend, cfg), cfg.block_length, cfg.steps_per_block)
+    if len(set(sched)) != 1:
+        raise ConfigError(f"calibration needs a uniform per-step count (this setting commits {sorted(set(sched))}); "
+                          "use --steps equal to gen_length / k")
+    return [sched[0]] * depth
+
+
+def setting_name(backend, cfg) -> str:
+    return f"{setting_key(cfg, sampler_of(backend, cfg))}_{cfg.cache}"
+
+
+def encode_prompts(backend, rows: Sequence[dict], chat: bool = True) -> list:
+    return [backend.encode_prompt(r["prompt"], chat) for r in rows]
+
+
+def trace_set(backend, name: str, rows: Sequence[dict], cfg, max_depth: int, token_ranks: int = 4,
+              chat: bool = True, progress: bool = False) -> TraceSet:
+    ids = encode_prompts(backend, rows, chat)
+    results, traces = collect_traces(backend, ids, cfg, token_ranks, progress)
+    return TraceSet(name, list(rows), chains_of(traces, backend.mask_id, max_depth), results, traces)
+
+
+def graph_from_nodes(nodes, step_counts, meta=None) -> nx.DiGraph:
+    if step_counts is None:
+        return make_graph(nodes, "variable", None, meta)
+    depth = max((len(f) // step_counts[0] for f in nodes), default=1)
+    return make_graph(nodes, "fixed", step_counts[:max(depth, 1)], meta)
+
+
+def reduction(base: int, calls: int) -> float:
+    return base / calls if calls else float("inf")
+
+
+def evaluate_nodes(ts: TraceSet, nodes) -> dict:
+    sim = simulate(ts.chains, set(nodes) | {ROOT})
+    return {"calls": sim["nfe"], "baseline_calls": ts.baseline, "nfe_reduction": round(reduction(ts.baseline, sim["nfe"]), 4),
+            "accepted_per_round": round(sim["accepted"] / max(sim["rounds"], 1), 4)}
+
+
+def default_nodes(budget: int, step_counts) -> set:
+    key = None if step_counts is None else tuple(step_counts[:budget])
+    return set(default_graph(budget, key).nodes) - {ROOT}
+
+
+def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], objective: str = "saved",
+              out_dir=None, prompt_set: str = "custom", search: str = "greedy", token_ranks: int = 4,
+              heldout: Optional[dict] = None, chat: bool = True, progress: bool = False, model_name: Optional[str] = None,
+              compare_objectives: Sequence[str] = OBJECTIVES) -> dict:
+    """Calibrate graphs for ``budgets``; write ``<out_dir>/<model>/<setting>/D<k>.json`` (+ counts.json,
+    report.json) when ``out_dir`` is given. ``heldout``: {name: rows} evaluated with every objective,
+    the default graphs and the in-sample ceiling. Returns the report."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    if not budgets or any(b < 1 for b in budgets):
+        raise ConfigError(f"budgets must be positive integers, got {list(budgets)}")
+    if not rows:
+        raise ConfigError("the calibration prompt set is empty")
+    t0 = time.perf_counter()
+    max_depth = max(budgets)
+    step_counts = step_counts_for(backend, cfg, max_depth)
+    calib = trace_set(backend, prompt_set, rows, cfg, max_depth, token_ranks, chat, progress)
+    counts = formula_counts(calib.chains)
+    indexed = IndexedChains(calib.chains)
+    fp = model_fingerprint(backend)
+    model = model_name or backend.name
+    setting = setting_name(backend, cfg)
+    report = {"model": model, "setting": setting, "fingerprint": fp, "prompt_set": prompt_set, "size": len(rows),
+              "objective": objective, "search": search, "token_ranks": token_ranks, "budgets": list(budgets),
+              "calibration_baseline_calls": calib.baseline, "graphs": {}, "heldout": {}}
+    chosen = {}
+    for D in budgets:
+        for obj in dict.fromkeys([objective, *compare_objectives]):
+            nodes = select_nodes(counts, D, obj, indexed, step_counts, search)
+            chosen[(D, obj)] = nodes
+            report["graphs"].setdefault(str(D), {})[obj] = {"calibration": evaluate_nodes(calib, nodes),
+                                                            "nodes": sorted([list(map(list, f)) for f in nodes])}
+    held_sets = {}
+    for name, hrows in (heldout or {}).items():
+        ts = trace_set(backend, name, hrows, cfg, max_depth, token_ranks, chat, progress)
+        held_sets[name] = ts
+        hcounts = formula_counts(ts.chains)
+        hidx = IndexedChains(ts.chains)
+        table = {}
+        for D in budgets:
+            row = {obj: evaluate_nodes(ts, chosen[(D, obj)]) for obj in dict.fromkeys([objective, *compare_objectives])}
+            row["default"] = evaluate_nodes(ts, default_nodes(D, step_counts))
+            row["ceiling"] = evaluate_nodes(ts, select_nodes(hcounts, D, "saved", hidx, step_counts, search))
+            table[str(D)] = row
+        report["heldout"][name] = {"size": len(hrows), "baseline_calls": ts.baseline, "by_budget": table}
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    if out_dir is not None:
+        write_artifacts(report, chosen, counts, calib, step_counts, cfg, Path(out_dir), rows)
+    report["_chosen"] = chosen
+    report["_sets"] = {"calibration": calib, **held_sets}
+    report["_step_counts"] = step_counts
+    return report
+
+
+def prompt_set_file(out: Path, name: str, rows) -> dict:
+    text = "".join(json.dumps({"id": r.get("id"), "prompt": r["prompt"]}) + "\n" for r in rows)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = out / "prompts" / f"{safe}.jsonl"
+    atomic_write_text(path, text)
+    return {"name": name, "size": len(rows), "file": str(path.relative_to(out)),
+            "sha": hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}
+
+
+def write_artifacts(report, chosen, counts, calib, step_counts, cfg, out: Path, rows):
+    folder = out / report["model"] / report["setting"]
+    ps = prompt_set_file(out, report["prompt_set"], rows)
+    sampler = {k: v for k, v in cfg.to_dict().items() if k in ("gen_length", "block_length", "steps", "tokens_per_step",
+                                                                  "threshold", "cache", "sampler", "remasking")}
+    sampler["temperature_band"] = "greedy (T = 0)" if cfg.temperature == 0 else f"T = {cfg.temperature:g}"
+    for D in report["budgets"]:
+        nodes = chosen[(D, report["objective"])]
+        g = graph_from_nodes(nodes, step_counts)
+        for f in g.nodes:
+            g.nodes[f]["count"] = int(counts.get(f, 0)) if f != ROOT else sum(len(bc.chains) for bc in calib.chains)
+        held = {name: h["by_budget"][str(D)] for name, h in report["heldout"].items()}
+        meta = {"model": report["model"], "fingerprint": report["fingerprint"], "setting": report["setting"],
+                "sampler": sampler, "prompt_set": ps, "objective": report["objective"], "search": report["search"],
+                "budget": D, "token_ranks": report["token_ranks"],
+                "calibration": report["graphs"][str(D)][report["objective"]]["calibration"], "heldout": held}
+        write_graph_artifact(g, folder / f"D{D}.json", meta)
+    pg = possibility_graph(counts, calib.chains, step_counts)
+    atomic_write_json(folder / "counts.json", {"artifact": "spiffy.calibration.counts", "artifact_version": 1,
+                                               "model": report["model"], "fingerprint": report["fingerprint"],
+                                               "setting": report["setting"], "prompt_set": ps,
+                                               "possibility_graph": possibility_to_dict(pg)}, indent=None)
+    public = {k: v for k, v in report.items() if not k.startswith("_")}
+    atomic_write_json(folder / "report.json", public)
