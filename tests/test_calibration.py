@@ -206,3 +206,23 @@ def test_interrupted_write_leaves_old_file(tmp_path, monkeypatch):
 def test_graph_from_nodes_variable_mode():
     g = graph_from_nodes({((0, 0),), ((0, 0), (1, 0), (2, 0))}, None)
     assert g.graph["mode"] == "variable" and g.has_edge(((0, 0),), ((0, 0), (1, 0), (2, 0)))
+
+
+def test_calibrate_cli_writes_artifacts_and_plots(tmp_path):
+    from click.testing import CliRunner
+
+    from spiffy.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["abc", "hello there", "2+2=?"]))
+    out = tmp_path / "cal"
+    r = CliRunner().invoke(main, ["calibrate", "--model", "tiny-llada", "--dataset", str(prompts), "--budgets", "2,3",
+                                  "--gen-length", "16", "--block-length", "8", "--out", str(out), "--plot", "--raw",
+                                  "--heldout", str(prompts), "--heldout-limit", "2"])
+    assert r.exit_code == 0, r.output
+    folder = out / "tiny-llada" / "b8_k1_none"
+    for f in ("D2.json", "D3.json", "D2.png", "counts.json", "report.json", "nfe_reduction.png"):
+        assert (folder / f).exists(), f
+    assert "ceiling" in r.output and "default" in r.output
+    r = CliRunner().invoke(main, ["calibrate", "--model", "tiny-llada", "--dataset", str(prompts), "--budgets", "0"])
+    assert r.exit_code != 0 and "budgets must be positive" in r.output

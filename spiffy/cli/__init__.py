@@ -14,3 +14,4 @@ def main():
 from . import sample  # noqa: E402,F401  (registers `spiffy sample`)
 from . import train  # noqa: E402,F401  (registers `spiffy train`)
 from . import bench  # noqa: E402,F401  (registers `spiffy bench`)
+from . import calibrate  # noqa: E402,F401  (registers `spiffy calibrate`)

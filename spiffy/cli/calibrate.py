@@ -1,0 +1,102 @@
+"""`spiffy calibrate`: choose Spiffy's draft graphs offline from baseline traces."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import main
+from .sample import fail
+
+
+def _budgets(text: str) -> list:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"budgets must be comma-separated integers, got {text!r}")
+    if not out or any(b < 1 for b in out):
+        raise click.BadParameter(f"budgets must be positive, got {text!r}")
+    return sorted(set(out))
+
+
+@main.command()
+@click.option("--model", default=None, help="Checkpoint directory or hub id [default: the bundled reference dLLM].")
+@click.option("--dataset", required=True,
+              help="gsm8k-train, mbpp-train, gsm8k, humaneval, mbpp, or a FILE (JSONL with 'prompt', or one per line). "
+                   "Comma-separate several to mix them.")
+@click.option("--limit", default=50, show_default=True, help="Calibration prompts (per dataset).")
+@click.option("--budgets", default="3,5,8,10", show_default=True, help="Graph budgets D to calibrate.")
+@click.option("--objective", type=click.Choice(["saved", "degree1", "frequency"]), default="saved", show_default=True,
+              help="Selection objective written to the artifacts (all three are evaluated).")
+@click.option("--search", type=click.Choice(["greedy", "exact"]), default="greedy", show_default=True)
+@click.option("--token-ranks", default=4, show_default=True, help="Token ranks recorded per position.")
+@click.option("--heldout", default="", help="Comma-separated held-out sets to evaluate on (e.g. gsm8k,humaneval).")
+@click.option("--heldout-limit", default=24, show_default=True)
+@click.option("--gen-length", default=256, show_default=True)
+@click.option("--block-length", default=32, show_default=True)
+@click.option("--tokens-per-step", default=1, show_default=True)
+@click.option("--threshold", type=float, default=None, help="Calibrate for confidence-threshold decoding.")
+@click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--data-dir", default=None, help="Data directory [default: $SPIFFY_DATA or ../shared/data].")
+@click.option("--out", "out_dir", default="calibration", show_default=True, type=click.Path(file_okay=False))
+@click.option("--plot", is_flag=True, help="Draw the selected graphs and NFE reduction vs budget (PNG).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, gen_length,
+              block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, plot, device, dtype,
+              raw):
+    """Trace the baseline on a prompt set, select draft graphs per budget, write versioned artifacts to
+    OUT/<model>/<setting>/D<k>.json (+ counts.json, report.json)."""
+    from ..backends import load_backend
+    from ..calibration.pipeline import calibrate as run
+    from ..datasets import load_prompts
+    from ..errors import SpiffyError
+    from ..sampling.config import GenerationConfig
+
+    try:
+        bl = _budgets(budgets)
+        cfg = GenerationConfig(gen_length=gen_length, block_length=block_length,
+                               tokens_per_step=None if threshold is not None else tokens_per_step,
+                               threshold=threshold, cache=cache, temperature=temperature)
+        backend = load_backend(model, device=device, dtype=dtype)
+        rows = []
+        for name in dataset.split(","):
+            rows += load_prompts(name.strip(), limit, data_dir)
+        held = {h.strip(): load_prompts(h.strip(), heldout_limit, data_dir) for h in heldout.split(",") if h.strip()}
+        rep = run(backend, rows, cfg, bl, objective, out_dir, prompt_set=f"{dataset}[:{limit}]", search=search,
+                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True)
+    except SpiffyError as e:
+        fail(str(e))
+    folder = Path(out_dir) / rep["model"] / rep["setting"]
+    if plot:
+        from ..calibration.plot import plot_graph, plot_reduction
+        from ..speculative.graph import load_graph
+
+        for D in bl:
+            plot_graph(load_graph(folder / f"D{D}.json"), folder / f"D{D}.png",
+                       f"{rep['model']} {rep['setting']} D={D} ({objective})")
+        plot_reduction(rep, folder / "nfe_reduction.png")
+    click.echo(markdown_summary(rep))
+    click.echo(f"wrote {folder}")
+
+
+def markdown_summary(rep: dict) -> str:
+    lines = [f"calibration: {rep['model']} / {rep['setting']} on {rep['prompt_set']} ({rep['size']} prompts), "
+             f"objective {rep['objective']}", ""]
+    objs = list(next(iter(rep["graphs"].values())).keys())
+    lines.append("| D | " + " | ".join(f"{o} (calib)" for o in objs) + " |")
+    lines.append("|---|" + "---|" * len(objs))
+    for D in rep["budgets"]:
+        g = rep["graphs"][str(D)]
+        lines.append(f"| {D} | " + " | ".join(f"{g[o]['calibration']['nfe_reduction']:.2f}x" for o in objs) + " |")
+    for name, h in rep["heldout"].items():
+        cols = list(next(iter(h["by_budget"].values())).keys())
+        lines += ["", f"held-out {name} ({h['size']} prompts, {h['baseline_calls']} baseline calls): NFE reduction", "",
+                  "| D | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for D in rep["budgets"]:
+            r = h["by_budget"][str(D)]
+            lines.append(f"| {D} | " + " | ".join(f"{r[c]['nfe_reduction']:.2f}x" for c in cols) + " |")
+    return "\n".join(lines)
