@@ -55,7 +55,7 @@ def test_tiny_dllm_greedy_identical(tiny, family, strategy):
 @pytest.mark.parametrize("strategy", ["plain", "tree"])
 def test_tiny_dllm_without_prefix_cache(tiny, strategy):
     tgt, ids, ng = tiny
-    drafter = make_drafter(spiffy.tiny_backend("dream", dtype=torch.float64), tgt, cache="none")
+    drafter = make_drafter(spiffy.tiny_backend("dream", dtype=torch.float64), tgt, cache="none", extra_masks=4)
     for p in ids[:3]:
         r = generate_ar(tgt, drafter, p, max_new_tokens=16, **STRATEGIES[strategy])
         assert r.token_ids == hf_generate(tgt, p, 16)

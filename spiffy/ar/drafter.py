@@ -42,7 +42,7 @@ class DLLMDrafter:
     kind = "dllm"
 
     def __init__(self, backend, target_vocab: int, steps: int = 1, temperature: float = 0.0,
-                 banned=(), cache: str = "prefix", refresh: int = 32):
+                 banned=(), cache: str = "prefix", refresh: int = 32, extra_masks: int = 0):
         if getattr(backend, "mask_id", None) is None:
             raise ConfigError(f"{getattr(backend, 'name', 'drafter')}: a diffusion drafter needs a mask token id")
         if steps < 1:
@@ -55,6 +55,9 @@ class DLLMDrafter:
         if cache not in ("none", "prefix"):
             raise ConfigError(f"drafter cache must be 'none' or 'prefix' (got {cache!r})")
         self.cache = cache
+        # masks appended after the γ drafted slots (never committed): a dLLM trained on long answers
+        # otherwise reads "the answer ends after γ tokens" and drifts towards EOS
+        self.extra_masks = max(0, int(extra_masks))
         self.refresh = max(1, int(refresh))
         self.ctx = None            # ContextKV of self.ctx_tokens
         self.ctx_tokens: list = []
@@ -108,7 +111,8 @@ class DLLMDrafter:
             n = len(self.ctx_tokens)
             if all(len(p) > n and p[:n] == self.ctx_tokens for p in prefixes):
                 lc, ctx = n, self.ctx.repeat(B)
-        lens = [len(p) - lc + g for p, g in zip(prefixes, gammas)]
+        E = self.extra_masks
+        lens = [len(p) - lc + g + E for p, g in zip(prefixes, gammas)]
         L, G = max(lens), max(gammas)
         x = torch.full((B, L), be.pad_id, dtype=torch.long, device=dev)
         valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
@@ -117,8 +121,8 @@ class DLLMDrafter:
         for b, (p, g) in enumerate(zip(prefixes, gammas)):
             tail = p[lc:]
             x[b, : len(tail)] = torch.tensor(tail, dtype=torch.long, device=dev)
-            x[b, len(tail): len(tail) + g] = be.mask_id
-            valid[b, : len(tail) + g] = True
+            x[b, len(tail): len(tail) + g + E] = be.mask_id
+            valid[b, : len(tail) + g + E] = True
             pos[b, :g] = torch.arange(len(tail), len(tail) + g, device=dev)
             slot_ok[b, :g] = True
         qpos = (lc + torch.arange(L, device=dev))[None].expand(B, -1)

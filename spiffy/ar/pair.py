@@ -26,7 +26,8 @@ def _is_dllm(path_or_id: str) -> bool:
     return False
 
 
-def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0, cache: str = "prefix"):
+def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0, cache: str = "prefix",
+                 extra_masks: int = 0):
     """Wrap a loaded drafter (a DiffusionBackend or an ARTarget) after checking its tokenizer."""
     from ..backends.backend import DiffusionBackend
 
@@ -35,7 +36,8 @@ def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float =
     tok = getattr(drafter, "tokenizer", None)
     check_tokenizers(target.tokenizer, tok, target.name, getattr(drafter, "name", "drafter"))
     if isinstance(drafter, DiffusionBackend):
-        return DLLMDrafter(drafter, target.vocab_size, steps=steps, temperature=temperature, cache=cache)
+        return DLLMDrafter(drafter, target.vocab_size, steps=steps, temperature=temperature, cache=cache,
+                           extra_masks=extra_masks)
     if isinstance(drafter, ARTarget):
         return ARDrafter(drafter, target.vocab_size, temperature=temperature, stop_ids=target.stop_ids)
     raise ConfigError(f"unsupported drafter type {type(drafter).__name__}: pass a diffusion backend or an ARTarget")

@@ -47,6 +47,8 @@ def ar_click_options() -> list:
                      help="[ar] Denoising steps of the dLLM drafter."),
         click.option("--min-draft", type=int, default=20, show_default=True, help="[ar] Adaptive γ lower bound."),
         click.option("--max-draft", type=int, default=30, show_default=True, help="[ar] Adaptive γ upper bound."),
+        click.option("--extra-masks", type=int, default=0, show_default=True,
+                     help="[ar] Masks appended after the drafted slots (context only, never drafted)."),
         click.option("--ngram", default=None, help="[ar] n-gram artifact [default: models/ngram/ref-3gram.npz]."),
     ]
 
@@ -57,7 +59,7 @@ def _mean(xs):
 
 
 def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES, draft_length=8,
-                 ar_draft_length=4, tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, ngram=None,
+                 ar_draft_length=4, tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, ngram=None, extra_masks=0,
                  model=None, datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256,
                  out_dir=None, threads=None, raw=False, device="cpu", dtype="auto", seed=0, temperature=0.0,
                  echo=True, **_ignored) -> dict:
@@ -84,7 +86,8 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES,
         raise ConfigError("the AR benchmark measures greedy decoding (identical-output rate); use --temperature 0")
     tpath = ar_target or str(_REPO / "models" / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
-    dllm = make_drafter(load_backend(model, device=device, dtype=dtype), target, steps=drafter_steps)
+    dllm = make_drafter(load_backend(model, device=device, dtype=dtype), target, steps=drafter_steps,
+                        extra_masks=extra_masks)
     ar = None
     if "ar" in names:
         apath = ar_drafter or str(_REPO / "models" / "spiffy-ar-draft")
@@ -135,7 +138,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES,
               "ar_drafter": ar.name if ar is not None else None,
               "args": {"datasets": list(datasets), "limit": limit, "gen_length": gen_length,
                        "draft_length": draft_length, "ar_draft_length": ar_draft_length,
-                       "tree_branches": tree_branches, "drafter_steps": drafter_steps,
+                       "tree_branches": tree_branches, "drafter_steps": drafter_steps, "extra_masks": extra_masks,
                        "adaptive_bounds": [min_draft, max_draft], "threads": torch.get_num_threads(),
                        "strategies": names, "configs": {s: c.to_dict() for s, c in cfgs.items()}},
               "rows": rows, "prompts": per_prompt}
