@@ -9,7 +9,7 @@ import torch
 from spiffy import ArtifactError, GenerationConfig, generate
 from spiffy.calibration.artifact import load_graph_artifact, write_graph_artifact
 from spiffy.calibration.counts import formula_counts, possibility_graph
-from spiffy.calibration.fingerprint import model_fingerprint
+from spiffy.backends.fingerprint import model_fingerprint
 from spiffy.calibration.pipeline import calibrate, graph_from_nodes
 from spiffy.calibration.select import Candidates, brute_force, objective_fn, select_nodes
 from spiffy.calibration.simulate import IndexedChains, simulate

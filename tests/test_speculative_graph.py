@@ -153,7 +153,11 @@ def test_calibrated_lookup(tmp_path, tiny_llada):
     assert calibrated_graph_for(tiny_llada, cfg, "llada", 3, tmp_path) is None
     g = make_graph([[(0, 0)], [(0, 0), (1, 0)], [(0, 0), (1, 0), (2, 0)]], "fixed", [1, 1, 1],
                    meta={"model": "tiny-llada"})
-    path = save_graph(g, tmp_path / backend_fingerprint(tiny_llada) / key / "D3.json")
+    from spiffy.calibration.artifact import write_graph_artifact
+    from spiffy.backends.fingerprint import model_fingerprint
+
+    path = tmp_path / backend_fingerprint(tiny_llada) / key / "D3.json"
+    write_graph_artifact(g, path, {"model": "tiny-llada", "fingerprint": model_fingerprint(tiny_llada)})
     assert calibrated_graph_for(tiny_llada, cfg, "llada", 3, tmp_path) == path
     out = generate_speculative(tiny_llada, [[1, 2, 3]], cfg, SpeculativeConfig(budget=3, calibration_dir=str(tmp_path)))
     assert out.stats.graph_source.startswith("calibrated:")

@@ -42,6 +42,12 @@ def weight_digest(backend) -> str:
 
 
 def model_fingerprint(backend) -> dict:
+    """Computed once per backend object and cached on it (weights are not expected to change in place
+    during decoding; call ``backend.__dict__.pop('_fingerprint')`` after editing weights)."""
+    cached = backend.__dict__.get("_fingerprint")
+    if cached is not None:
+        return cached
     fp = {"config": config_digest(backend), "tokenizer": tokenizer_digest(backend), "weights": weight_digest(backend)}
     fp["digest"] = _h(json.dumps(fp, sort_keys=True))
+    backend.__dict__["_fingerprint"] = fp
     return fp

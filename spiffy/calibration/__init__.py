@@ -1,6 +1,6 @@
 """Offline calibration of Spiffy's draft graphs from baseline decoding traces."""
 from .artifact import load_graph_artifact, write_graph_artifact
-from .fingerprint import model_fingerprint
+from ..backends.fingerprint import model_fingerprint
 from .pipeline import calibrate
 from .pruning import ChildAwareScore, calibrated_pruner
 from .select import OBJECTIVES, select_nodes

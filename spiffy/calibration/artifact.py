@@ -24,47 +24,14 @@ import networkx as nx
 
 from ..atomic import atomic_write_json
 from ..errors import ArtifactError
-from ..speculative.graph import graph_to_dict, load_graph
-from .fingerprint import model_fingerprint
-
-ARTIFACT = "spiffy.calibration"
-ARTIFACT_VERSION = 1
+from ..speculative.calibrated import ARTIFACT, ARTIFACT_VERSION, check_meta, load_graph_artifact  # noqa: F401
+from ..speculative.graph import graph_to_dict
 
 
 def write_graph_artifact(graph: nx.DiGraph, path, meta: dict) -> Path:
     d = graph_to_dict(graph)
     d["meta"] = {"artifact": ARTIFACT, "artifact_version": ARTIFACT_VERSION, **meta}
     return atomic_write_json(path, d)
-
-
-def check_meta(meta: dict, where: str, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,
-               fingerprint: Optional[dict] = None):
-    if meta.get("artifact") != ARTIFACT:
-        raise ArtifactError(f"{where}: not a calibration artifact (meta.artifact = {meta.get('artifact')!r})")
-    if meta.get("artifact_version") != ARTIFACT_VERSION:
-        raise ArtifactError(f"{where}: unsupported calibration artifact version {meta.get('artifact_version')!r} "
-                            f"(this spiffy reads {ARTIFACT_VERSION})")
-    if allow_mismatch:
-        return
-    if backend is not None or fingerprint is not None:
-        want = fingerprint or model_fingerprint(backend)
-        have = meta.get("fingerprint") or {}
-        if have.get("digest") != want["digest"]:
-            diff = [k for k in ("config", "tokenizer", "weights") if have.get(k) != want.get(k)]
-            raise ArtifactError(
-                f"{where}: calibrated for a different model (fingerprint {have.get('digest')} vs this model's "
-                f"{want['digest']}; differing: {', '.join(diff) or 'all'}). Recalibrate with `spiffy calibrate`, or "
-                f"pass allow_mismatch / --allow-mismatch to use it anyway")
-    if setting is not None and meta.get("setting") not in (None, setting):
-        raise ArtifactError(f"{where}: calibrated for setting {meta.get('setting')!r}, not {setting!r}")
-
-
-def load_graph_artifact(path, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,
-                        fingerprint: Optional[dict] = None) -> nx.DiGraph:
-    """Load and validate a calibrated graph (schema, invariants, model fingerprint, setting)."""
-    g = load_graph(path)
-    check_meta(g.graph.get("meta") or {}, str(path), backend, setting, allow_mismatch, fingerprint)
-    return g
 
 
 def read_json(path) -> dict:

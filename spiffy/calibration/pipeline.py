@@ -20,7 +20,7 @@ from ..speculative.defaults import default_graph
 from ..speculative.graph import ROOT, make_graph
 from .artifact import write_graph_artifact
 from .counts import formula_counts, possibility_graph, possibility_to_dict
-from .fingerprint import model_fingerprint
+from ..backends.fingerprint import model_fingerprint
 from .select import OBJECTIVES, select_nodes
 from .simulate import IndexedChains, baseline_calls, simulate
 from .traces import chains_of, collect_traces

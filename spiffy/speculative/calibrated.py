@@ -20,7 +20,15 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import networkx as nx
+
+from ..backends.fingerprint import model_fingerprint
+from ..errors import ArtifactError
 from ..sampling.schedule import block_schedule
+from .graph import load_graph
+
+ARTIFACT = "spiffy.calibration"
+ARTIFACT_VERSION = 1
 
 
 def calibration_root(root=None) -> Path:
@@ -76,3 +84,33 @@ def calibrated_graph_for(backend, cfg, sampler: str, budget: int, root=None) -> 
     """Lookup hook used by the decoder: the backend's name first, then its fingerprint."""
     return find_calibrated_graph([backend.name, backend_fingerprint(backend)], setting_key(cfg, sampler), budget,
                                  cfg.cache, root)
+
+
+def check_meta(meta: dict, where: str, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,
+               fingerprint: Optional[dict] = None):
+    if meta.get("artifact") != ARTIFACT:
+        raise ArtifactError(f"{where}: not a calibration artifact (meta.artifact = {meta.get('artifact')!r})")
+    if meta.get("artifact_version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{where}: unsupported calibration artifact version {meta.get('artifact_version')!r} "
+                            f"(this spiffy reads {ARTIFACT_VERSION})")
+    if allow_mismatch:
+        return
+    if backend is not None or fingerprint is not None:
+        want = fingerprint or model_fingerprint(backend)
+        have = meta.get("fingerprint") or {}
+        if have.get("digest") != want["digest"]:
+            diff = [k for k in ("config", "tokenizer", "weights") if have.get(k) != want.get(k)]
+            raise ArtifactError(
+                f"{where}: calibrated for a different model (fingerprint {have.get('digest')} vs this model's "
+                f"{want['digest']}; differing: {', '.join(diff) or 'all'}). Recalibrate with `spiffy calibrate`, or "
+                f"pass allow_mismatch / --allow-mismatch to use it anyway")
+    if setting is not None and meta.get("setting") not in (None, setting):
+        raise ArtifactError(f"{where}: calibrated for setting {meta.get('setting')!r}, not {setting!r}")
+
+
+def load_graph_artifact(path, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,
+                        fingerprint: Optional[dict] = None) -> nx.DiGraph:
+    """Load and validate a calibrated graph (schema, invariants, model fingerprint, setting)."""
+    g = load_graph(path)
+    check_meta(g.graph.get("meta") or {}, str(path), backend, setting, allow_mismatch, fingerprint)
+    return g

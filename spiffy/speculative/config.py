@@ -31,7 +31,8 @@ class SpeculativeConfig:
     ``prune``: an int D* (keep the best D* nodes per round by the geometric mean of the picked tokens'
     probabilities, connected to the root) or a :class:`~spiffy.speculative.proposer.Pruner` with its
     own score function. ``use_calibration``: look for a calibrated graph (default True);
-    ``calibration_dir`` overrides the calibration root. ``measure_mismatch`` (packed, non-dual): re-run
+    ``calibration_dir`` overrides the calibration root; a calibrated graph whose model fingerprint differs
+    from the model in use is refused unless ``allow_mismatch`` (for experiments). ``measure_mismatch`` (packed, non-dual): re-run
     every accepted draft as a real forward (not counted in NFE) and count next-state differences.
     """
 
@@ -42,6 +43,7 @@ class SpeculativeConfig:
     use_calibration: bool = True
     calibration_dir: Optional[str] = None
     measure_mismatch: bool = False
+    allow_mismatch: bool = False
 
     def validate(self) -> "SpeculativeConfig":
         if self.verify not in VERIFY_MODES:

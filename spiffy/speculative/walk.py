@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import networkx as nx
 
 from ..errors import ConfigError
-from .calibrated import calibrated_graph_for
+from .calibrated import calibrated_graph_for, load_graph_artifact
 from .defaults import default_graph
 from ..sampling.schedule import block_schedule
 from .graph import ROOT, budget_of, counts_of, is_fixed, load_graph
@@ -37,7 +37,10 @@ class GraphProvider:
         if g is None and spec.use_calibration:
             path = calibrated_graph_for(backend, cfg, sampler, spec.budget, spec.calibration_dir)
             if path is not None:
-                g, self.source = load_graph(path), f"calibrated:{path}"
+                # schema, invariants, model fingerprint and setting are checked; a mismatch is an error
+                # unless spec.allow_mismatch
+                g = load_graph_artifact(path, backend, None, spec.allow_mismatch)
+                self.source = f"calibrated:{path}"
         elif g is not None:
             self.source = "user" if isinstance(g, nx.DiGraph) else f"file:{g}"
             if not isinstance(g, nx.DiGraph):
