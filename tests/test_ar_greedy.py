@@ -46,7 +46,7 @@ def test_tiny_dllm_greedy_identical(tiny, family, strategy):
     tgt, ids, ng = tiny
     # a short prefix-cache refresh period so the cache is rebuilt within 16 tokens
     drafter = DLLMDrafter(spiffy.tiny_backend(family, dtype=torch.float64), tgt.vocab_size, refresh=5)
-    for p in ids:
+    for p in (ids if strategy == "plain" else ids[:3]):
         r = generate_ar(tgt, drafter, p, max_new_tokens=16, ngram=ng, **STRATEGIES[strategy])
         assert r.token_ids == hf_generate(tgt, p, 16)
         assert r.target_calls == r.rounds + 1 and r.drafter_calls >= 1
