@@ -106,7 +106,8 @@ def render(model_dir, notes: str = "") -> str:
         L += [f"Fixed check batch (`spiffy.train.evaluate.FIXED_TEXTS`, 3 × 64 tokens"
               f"{', seeded 50% mask' if kind == 'dllm' else ''}): loss {fb['loss']} (checked by "
               "tests/test_reference_models.py).", ""]
-        g = ev["gsm8k"]
+        g = ev.get("gsm8k") or {"n": 0, "correct": 0, "accuracy": 0.0, "with_answer_marker": 0,
+                                 "decoding": "NOT MEASURED YET"}
         L += ["## GSM8K", "", f"Accuracy on the first {g['n']} GSM8K test questions: **{g['correct']}/{g['n']} = "
               f"{100 * g['accuracy']:.1f}%** (answer parsed from `#### N`; {g['with_answer_marker']} outputs contained "
               f"a `#### N` marker). Decoding: {g['decoding']}.", ""]
@@ -129,13 +130,17 @@ def render(model_dir, notes: str = "") -> str:
               ""]
     if notes:
         L += ["## Notes", "", notes.strip(), ""]
-    L += ["## Re-training", "", "```", f"spiffy train --recipe models/recipes/{name}.json --max-minutes "
-          f"{round(sum(s.get('minutes', 0) for s in (tr.get('recipe') or {}).get('stages', [])) or 60)}",
-          f"python -m spiffy.train.evaluate models/{name}"] +
-         ([f"python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}"] if sp else []) +
-         [f"python -m spiffy.train.cards models/{name}", "```", "",
-          "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`) the recipe's "
-          "`cuda` section applies (bf16 autocast, larger model and batches)."]
+    cmds = [f"spiffy train --recipe models/recipes/{name}.json --log runs/{name}.jsonl",
+            f"python -m spiffy.train.evaluate models/{name}"]
+    if sp:
+        cmds.append(f"python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}")
+    cmds.append(f"python -m spiffy.train.cards models/{name}")
+    L += ["## Re-training", "", "```"] + cmds + ["```", "",
+          "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` shrinks them proportionally. "
+          "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`, untested "
+          "here) the recipe's `cuda` section applies (bf16 autocast, larger model and batches). The evaluation "
+          "was split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "
+          "single commands above compute the same numbers."]
     return "\n".join(L) + "\n"
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .models import build_model, count_params, save_checkpoint
+from .models import build_model, count_params, load_for_training, save_checkpoint
 from .objectives import causal_lm_loss, diffusion_step_loss
 
 
@@ -126,7 +126,12 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     log = Logger(Path(log_path) if log_path else None)
     tok = prepare_tokenizer(recipe, data_dir, root)
     kind = recipe["kind"]
-    model = build_model(kind, recipe["model"], tok).to(device)
+    if recipe.get("init_from"):  # continue training a saved checkpoint (weights loaded in float32)
+        init = Path(recipe["init_from"])
+        init = init if init.is_absolute() else root / init
+        model = load_for_training(kind, init).to(device)
+    else:
+        model = build_model(kind, recipe["model"], tok).to(device)
     model.train()
     n_params = count_params(model)
     autocast = torch.device(device).type == "cuda" and recipe.get("amp", "bf16") == "bf16"

@@ -48,3 +48,12 @@ def save_checkpoint(model, tok, out_dir, save_dtype: str = "bf16"):
     m.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     del m
+
+
+def load_for_training(kind: str, path):
+    """A saved reference checkpoint in float32, ready to train further."""
+    if kind == "dllm":
+        return LLaDAModelLM.from_pretrained(str(path), dtype=torch.float32)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)

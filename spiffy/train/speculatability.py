@@ -73,7 +73,7 @@ def calls_for_depth(blocks, depth: int) -> int:
             for k in range(1, depth + 1):
                 if t + k >= n or k + 1 > len(ranked):
                     break
-                draft = set(ranked[:k + 1])
+                draft = {tuple(x) for x in ranked[:k + 1]}
                 truth = {(steps[j][0], steps[j][1]) for j in range(t, t + k + 1)}
                 if draft != truth:
                     break
