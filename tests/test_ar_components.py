@@ -16,14 +16,6 @@ from spiffy.errors import ArtifactError, ConfigError
 warnings.filterwarnings("ignore")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: thread start-up costs more than the maths
-    yield
-    torch.set_num_threads(n)
-
-
 def _other_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -13,13 +13,6 @@ from spiffy.ar.testing import oracle_drafter, tiny_target
 warnings.filterwarnings("ignore")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: thread start-up costs more than the maths
-    yield
-    torch.set_num_threads(n)
-
 PROMPTS = ["hello world", "what is 2+3?", "def f(x):", "abc", "the cat sat on the mat."]
 STRATEGIES = {
     "plain": dict(draft_length=5),

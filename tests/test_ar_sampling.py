@@ -17,14 +17,6 @@ warnings.filterwarnings("ignore")
 V, NEW, PROMPT, TEMP = 3, 3, [0, 2, 1], 1.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: thread start-up costs more than the maths
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models():
     tgt = tiny_target(vocab=V, seed=3, stop_ids=[], scale=2.0)

@@ -10,14 +10,6 @@ from spiffy.ar.testing import tiny_target
 warnings.filterwarnings("ignore")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: thread start-up costs more than the maths
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tree_attention_matches_path_forwards():
     tgt = tiny_target()
     prefix = [3, 7, 11, 2, 9, 20]
