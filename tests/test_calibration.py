@@ -226,3 +226,24 @@ def test_calibrate_cli_writes_artifacts_and_plots(tmp_path):
     assert "ceiling" in r.output and "default" in r.output
     r = CliRunner().invoke(main, ["calibrate", "--model", "tiny-llada", "--dataset", str(prompts), "--budgets", "0"])
     assert r.exit_code != 0 and "budgets must be positive" in r.output
+
+
+def test_runtime_pruning_replay_equals_decoder(tiny_calibration):
+    """A calibrated D=4 graph pruned to 2 nodes per round by the child-aware score: the replayed NFE
+    equals the decoder's, outputs stay identical, and pruning sits between the D=2 and D=4 graphs."""
+    from spiffy.calibration.pipeline import evaluate_pruned, trace_set
+    from spiffy.calibration.pruning import calibrated_pruner
+
+    be, rows, cfg, out, rep = tiny_calibration
+    g = load_graph_artifact(out / "tiny-llada" / "b8_k1_none" / "D4.json", be)
+    ts = trace_set(be, "h", rows[:2], cfg, 4, chat=False)
+    pred = evaluate_pruned(be, cfg, ts, g, keep=2)
+    nfe = 0
+    for r in rows[:2]:
+        ids = be.encode_prompt(r["prompt"], chat=False)
+        res = generate(be, ids, cfg, speculative=SpeculativeConfig(graph=g, prune=calibrated_pruner(2)))
+        assert res.token_ids == generate(be, ids, cfg).token_ids
+        assert res.stats.drafts_verified <= 2 * res.stats.rounds
+        nfe += res.nfe
+    assert nfe == pred["calls"]
+    assert simulate(ts.chains, set(g.nodes))["nfe"] <= pred["calls"] <= ts.baseline

@@ -83,6 +83,20 @@ def evaluate_nodes(ts: TraceSet, nodes) -> dict:
             "accepted_per_round": round(sim["accepted"] / max(sim["rounds"], 1), 4)}
 
 
+def evaluate_pruned(backend, cfg, ts: TraceSet, graph, keep: int, child_weight: float = 0.5) -> dict:
+    """Replay the held-out traces with ``graph`` pruned to ``keep`` nodes per round (as the decoder would)."""
+    from ..speculative.config import SpeculativeConfig
+    from ..speculative.replay import provider_for, replay_nfe
+    from .pruning import calibrated_pruner
+
+    pruner = calibrated_pruner(keep, child_weight)
+    provider, _ = provider_for(backend, cfg, SpeculativeConfig(graph=graph, use_calibration=False))
+    flat = [tr for per_prompt in ts.traces for tr in per_prompt]
+    r = replay_nfe(flat, provider, backend.mask_id, pruner, cfg.cfg_scale > 0)
+    return {"calls": r["nfe"], "baseline_calls": ts.baseline, "nfe_reduction": round(reduction(ts.baseline, r["nfe"]), 4),
+            "accepted_per_round": round(r["accepted"] / max(r["rounds"], 1), 4), "child_weight": child_weight}
+
+
 def default_nodes(budget: int, step_counts) -> set:
     key = None if step_counts is None else tuple(step_counts[:budget])
     return set(default_graph(budget, key).nodes) - {ROOT}
@@ -91,10 +105,12 @@ def default_nodes(budget: int, step_counts) -> set:
 def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], objective: str = "saved",
               out_dir=None, prompt_set: str = "custom", search: str = "greedy", token_ranks: int = 4,
               heldout: Optional[dict] = None, chat: bool = True, progress: bool = False, model_name: Optional[str] = None,
-              compare_objectives: Sequence[str] = OBJECTIVES) -> dict:
+              compare_objectives: Sequence[str] = OBJECTIVES, prune: Sequence[tuple] = ()) -> dict:
     """Calibrate graphs for ``budgets``; write ``<out_dir>/<model>/<setting>/D<k>.json`` (+ counts.json,
     report.json) when ``out_dir`` is given. ``heldout``: {name: rows} evaluated with every objective,
-    the default graphs and the in-sample ceiling. Returns the report."""
+    the default graphs and the in-sample ceiling. ``prune``: pairs (D, keep): the calibrated D graph
+    pruned at run time to ``keep`` nodes per round (child-aware score), replayed on the held-out
+    traces. Returns the report."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if not budgets or any(b < 1 for b in budgets):
@@ -133,6 +149,10 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
             row["ceiling"] = evaluate_nodes(ts, select_nodes(hcounts, D, "saved", hidx, step_counts, search))
             table[str(D)] = row
         report["heldout"][name] = {"size": len(hrows), "baseline_calls": ts.baseline, "by_budget": table}
+        if prune:
+            report["heldout"][name]["pruned"] = {
+                f"D{D}->keep{k}": evaluate_pruned(backend, cfg, ts, graph_from_nodes(chosen[(D, objective)], step_counts), k)
+                for D, k in prune if D in budgets}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:
         write_artifacts(report, chosen, counts, calib, step_counts, cfg, Path(out_dir), rows)

@@ -20,6 +20,13 @@ def _budgets(text: str) -> list:
     return sorted(set(out))
 
 
+def _pairs(text: str) -> list:
+    try:
+        return [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--prune takes D:keep pairs like 10:3, got {text!r}")
+
+
 @main.command()
 @click.option("--model", default=None, help="Checkpoint directory or hub id [default: the bundled reference dLLM].")
 @click.option("--dataset", required=True,
@@ -33,6 +40,8 @@ def _budgets(text: str) -> list:
 @click.option("--token-ranks", default=4, show_default=True, help="Token ranks recorded per position.")
 @click.option("--heldout", default="", help="Comma-separated held-out sets to evaluate on (e.g. gsm8k,humaneval).")
 @click.option("--heldout-limit", default=24, show_default=True)
+@click.option("--prune", "prune_spec", default="", help="Also replay runtime pruning on the held-out traces: "
+              "comma-separated D:keep pairs, e.g. 10:3 (the calibrated D graph, best `keep` nodes per round).")
 @click.option("--gen-length", default=256, show_default=True)
 @click.option("--block-length", default=32, show_default=True)
 @click.option("--tokens-per-step", default=1, show_default=True)
@@ -45,7 +54,8 @@ def _budgets(text: str) -> list:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
-def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, gen_length,
+def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, prune_spec,
+              gen_length,
               block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, plot, device, dtype,
               raw):
     """Trace the baseline on a prompt set, select draft graphs per budget, write versioned artifacts to
@@ -67,7 +77,7 @@ def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, he
             rows += load_prompts(name.strip(), limit, data_dir)
         held = {h.strip(): load_prompts(h.strip(), heldout_limit, data_dir) for h in heldout.split(",") if h.strip()}
         rep = run(backend, rows, cfg, bl, objective, out_dir, prompt_set=f"{dataset}[:{limit}]", search=search,
-                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True)
+                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True, prune=_pairs(prune_spec))
     except SpiffyError as e:
         fail(str(e))
     folder = Path(out_dir) / rep["model"] / rep["setting"]
@@ -99,4 +109,6 @@ def markdown_summary(rep: dict) -> str:
         for D in rep["budgets"]:
             r = h["by_budget"][str(D)]
             lines.append(f"| {D} | " + " | ".join(f"{r[c]['nfe_reduction']:.2f}x" for c in cols) + " |")
+        for key, r in h.get("pruned", {}).items():
+            lines.append(f"\nruntime pruning {key}: {r['nfe_reduction']:.2f}x")
     return "\n".join(lines)
