@@ -35,6 +35,7 @@ def test_bench_tiny(tmp_path):
         assert row["predicted_nfe"] == row["nfe"]
         assert row["nfe"] <= row["base_nfe"] and row["ceiling_nfe"] <= row["nfe"]
     assert (out / "bench.md").read_text().startswith("| data |")
+    assert all(r["graph_source"] == "default" for r in res["rows"])
     assert (out / "nfe_vs_budget.png").stat().st_size > 1000
 
 

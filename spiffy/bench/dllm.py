@@ -18,7 +18,9 @@ from typing import Callable, Optional, Sequence
 
 from ..sampling.baseline import generate_baseline
 from ..sampling.config import GenerationConfig
-from ..speculative import SpeculativeConfig, generate_speculative
+from ..sampling.baseline import sampler_of
+from ..speculative import SpeculativeConfig, generate_speculative, load_graph
+from ..speculative.calibrated import calibrated_graph_for
 from ..speculative.replay import baseline_nfe, ceiling_nfe, provider_for, replay_nfe, trace_baseline
 
 # Spiffy paper, LLaDA-8B, gen 256, block 32, 1 token/step: NFE reduction range over four benchmarks
@@ -61,6 +63,7 @@ class Row:
     drafting_s: float = 0.0
     bookkeeping_s: float = 0.0
     mismatches: Optional[int] = None
+    graph_source: str = "default"
 
     def summary(self, vanilla_tps: Optional[float]) -> dict:
         d = dict(self.__dict__)
@@ -86,8 +89,10 @@ class Row:
 def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting], budgets: Sequence[int],
                    base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
                    vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
-                   ) -> dict:
-    """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...]}."""
+                   use_calibration: bool = True) -> dict:
+    """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...]}. The draft graph of each
+    (setting, budget) is resolved once, before decoding (a calibrated graph when one exists and
+    ``use_calibration``, else the default), so every prompt, and the replay, use the same graph."""
     say = progress or (lambda s: None)
     out = {"rows": []}
     vanilla_tps = None
@@ -106,13 +111,22 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
     for st in settings:
         cfg = st.config(base_cfg)
         rows = {D: Row(st.name, D) for D in budgets}
+        specs = {}
+        for D in budgets:
+            spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False)
+            if graph is None and use_calibration:
+                path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
+                if path is not None:
+                    spec.graph = load_graph(path)
+                    rows[D].graph_source = f"calibrated:{path}"
+            specs[D] = spec
         for i, p in enumerate(prompts):
             base = generate_baseline(backend, [p], cfg)
             traces = None
             if predict or ceiling:
                 _, traces = trace_baseline(backend, p, cfg, k=4)
             for D in budgets:
-                spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune)
+                spec = specs[D]
                 res = generate_speculative(backend, [p], cfg, spec)
                 row = rows[D]
                 row.prompts += 1
@@ -150,7 +164,7 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
         cols += ["replay-predicted NFE"]
     if ceiling:
         cols += ["ceiling ratio"]
-    cols += ["identical", "accepted/round", "wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
+    cols += ["graph", "identical", "accepted/round", "wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
              "overhead"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
@@ -159,7 +173,8 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
             vals.append(f"{r['predicted_nfe']}" + ("" if r.get("predicted_equals_measured") else " (differs!)"))
         if ceiling:
             vals.append(f"{r.get('ceiling_nfe_ratio', 0):.2f}x")
-        vals += [f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
+        vals += ["calibrated" if r.get("graph_source", "").startswith("calibrated") else "default",
+                 f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
                  f"{r['wall_ratio']:.2f}x", f"{r['base_tokens_per_s']:.1f}", f"{r['tokens_per_s']:.1f}",
                  f"{r['tokens_per_s_gain_vs_vanilla']:.2f}x" if r.get("tokens_per_s_gain_vs_vanilla") else "-",
                  f"{100 * r['overhead_share']:.1f}%" if r.get("overhead_share") is not None else "-"]

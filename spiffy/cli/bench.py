@@ -52,6 +52,8 @@ def bench_defaults(f):
 @click.option("--budgets", default="1,3,5,8,10", show_default=True, help="Comma-separated draft budgets D.")
 @click.option("--graph", "graph_file", default=None, type=click.Path(dir_okay=False),
               help="Use this draft graph file instead of budgets (reported as one budget).")
+@click.option("--calibration/--no-calibration", "use_calibration", default=True, show_default=True,
+              help="Use a calibrated draft graph when calibration/ has one for the model and setting.")
 @click.option("--prune", type=int, default=None, help="Keep the best N nodes per round (runtime pruning).")
 @click.option("--verify", type=click.Choice(["batch", "packed"]), default="batch", show_default=True,
               help="Verification: batch copies (exact) or packed (exact only with cache dual).")
@@ -88,7 +90,7 @@ def bench(mode, **kw):
     run_spiffy_bench(**kw)
 
 
-def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, prune, verify, caches, thresholds, ks,
+def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
                      predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, **kw):
     import torch
 
@@ -119,7 +121,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, prun
         fail(str(e))
     result = {"machine": machine_info(device), "model": backend.name,
               "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
-                       "graph": graph_file, "prune": prune, "settings": [s.name for s in settings],
+                       "graph": graph_file, "use_calibration": use_calibration, "prune": prune, "settings": [s.name for s in settings],
                        "generation": base_cfg.to_dict()},
               "rows": [], "vanilla": {}}
     for name, rows in sets.items():
@@ -128,6 +130,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, prun
         try:
             res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
                                  ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
+                                 use_calibration=use_calibration,
                                  progress=lambda s: click.echo(f"  {s}", err=True))
         except SpiffyError as e:
             fail(f"{name}: {e}")
