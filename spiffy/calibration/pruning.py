@@ -15,18 +15,18 @@ from ..speculative.proposer import Instantiation, Pruner, geometric_mean_score
 class ChildAwareScore:
     def __init__(self, child_weight: float = 0.5):
         self.child_weight = child_weight
-        self._memo_key = None
+        self._memo_for = (None, None)   # the (graph, instantiation) the memo belongs to, held by reference
         self._memo = {}
 
     def _all(self, graph: nx.DiGraph, inst: Instantiation) -> dict:
-        key = (id(graph), id(inst))
-        if key != self._memo_key:
+        g0, i0 = self._memo_for
+        if g0 is not graph or i0 is not inst:
             scores = {}
             for f in sorted(inst.states, key=len, reverse=True):
                 own = geometric_mean_score(graph, f, inst)
                 kids = [scores[c] for c in graph.successors(f) if c in scores]
                 scores[f] = own + self.child_weight * (max(kids) if kids else 0.0)
-            self._memo_key, self._memo = key, scores
+            self._memo_for, self._memo = (graph, inst), scores
         return self._memo
 
     def __call__(self, graph: nx.DiGraph, node, inst: Instantiation) -> float:
