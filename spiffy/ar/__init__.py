@@ -1,5 +1,5 @@
 """AR-verifier mode: a diffusion LM drafts for an autoregressive target whose output never changes
-(SpecDiff / DiffuSpec / D²SD), plus the classic AR-drafter baseline. See README_SECTION.md."""
+(SpecDiff / DiffuSpec / D²SD), plus the classic AR-drafter baseline. See the README section "AR-verifier mode"."""
 from .adaptive import AdaptiveLength
 from .ar_drafter import ARDrafter
 from .decode import ARDecodeConfig, generate_ar, hf_generate
