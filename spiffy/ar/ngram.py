@@ -90,7 +90,7 @@ class NGramModel:
         path = Path(path)
         if not path.exists():
             raise ArtifactError(f"n-gram model {path} is missing: build it with `python -m spiffy.ar.ngram "
-                                "--tokenizer DIR --out PATH` (see the README, "AR-verifier mode")")
+                                "--tokenizer DIR --out PATH` (see the README, section AR-verifier mode)")
         try:
             z = np.load(path)
             meta = json.loads(bytes(z["meta"]).decode())
