@@ -10,9 +10,11 @@ baseline) gives the combined tokens/s gain of each Spiffy setting over plain sam
 """
 from __future__ import annotations
 
+import statistics
+
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -64,11 +66,17 @@ class Row:
     bookkeeping_s: float = 0.0
     mismatches: Optional[int] = None
     graph_source: str = "default"
+    per_prompt_nfe_ratio: list = field(default_factory=list)
+    per_prompt_wall_ratio: list = field(default_factory=list)
 
     def summary(self, vanilla_tps: Optional[float]) -> dict:
         d = dict(self.__dict__)
         d["nfe_ratio"] = round(self.base_nfe / self.nfe, 4) if self.nfe else None
         d["wall_ratio"] = round(self.base_wall_s / self.wall_s, 4) if self.wall_s else None
+        # medians over prompts (the totals above weight long decodes more)
+        d["nfe_ratio_median"] = round(statistics.median(self.per_prompt_nfe_ratio), 4) if self.per_prompt_nfe_ratio else None
+        d["wall_ratio_median"] = (round(statistics.median(self.per_prompt_wall_ratio), 4)
+                                  if self.per_prompt_wall_ratio else None)
         d["base_tokens_per_s"] = round(self.tokens / self.base_wall_s, 3) if self.base_wall_s else None
         d["tokens_per_s"] = round(self.tokens / self.wall_s, 3) if self.wall_s else None
         d["identical_rate"] = round(self.identical / self.prompts, 4) if self.prompts else None
@@ -134,6 +142,8 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
                 row.nfe += res.nfe
                 row.base_wall_s += base.wall_s
                 row.wall_s += res.wall_s
+                row.per_prompt_nfe_ratio.append(base.nfe / res.nfe)
+                row.per_prompt_wall_ratio.append(base.wall_s / res.wall_s)
                 row.tokens += len(res.token_ids[0])
                 row.identical += int(res.token_ids == base.token_ids)
                 row.rounds += res.stats.rounds
@@ -159,23 +169,25 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
 
 
 def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
-    cols = ["data", "setting", "D", "base NFE", "Spiffy NFE", "NFE ratio"]
+    cols = ["data", "setting", "D", "base NFE", "Spiffy NFE", "NFE ratio", "median NFE ratio"]
     if predict:
         cols += ["replay-predicted NFE"]
     if ceiling:
         cols += ["ceiling ratio"]
-    cols += ["graph", "identical", "accepted/round", "wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
+    cols += ["graph", "identical", "accepted/round", "wall ratio", "median wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
              "overhead"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
-        vals = [r.get("dataset", "-"), r["setting"], r["budget"], r["base_nfe"], r["nfe"], f"{r['nfe_ratio']:.2f}x"]
+        vals = [r.get("dataset", "-"), r["setting"], r["budget"], r["base_nfe"], r["nfe"], f"{r['nfe_ratio']:.2f}x",
+                f"{r['nfe_ratio_median']:.2f}x" if r.get("nfe_ratio_median") else "-"]
         if predict:
             vals.append(f"{r['predicted_nfe']}" + ("" if r.get("predicted_equals_measured") else " (differs!)"))
         if ceiling:
             vals.append(f"{r.get('ceiling_nfe_ratio', 0):.2f}x")
         vals += ["calibrated" if r.get("graph_source", "").startswith("calibrated") else "default",
                  f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
-                 f"{r['wall_ratio']:.2f}x", f"{r['base_tokens_per_s']:.1f}", f"{r['tokens_per_s']:.1f}",
+                 f"{r['wall_ratio']:.2f}x", f"{r['wall_ratio_median']:.2f}x" if r.get("wall_ratio_median") else "-",
+                 f"{r['base_tokens_per_s']:.1f}", f"{r['tokens_per_s']:.1f}",
                  f"{r['tokens_per_s_gain_vs_vanilla']:.2f}x" if r.get("tokens_per_s_gain_vs_vanilla") else "-",
                  f"{100 * r['overhead_share']:.1f}%" if r.get("overhead_share") is not None else "-"]
         lines.append("| " + " | ".join(str(v) for v in vals) + " |")
