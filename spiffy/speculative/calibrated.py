@@ -14,15 +14,13 @@ root is ``$SPIFFY_CALIBRATION`` or the repository's ``calibration/``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import networkx as nx
 
-from ..backends.fingerprint import model_fingerprint
+from ..backends.fingerprint import config_digest, model_fingerprint
 from ..errors import ArtifactError
 from ..sampling.schedule import block_schedule
 from .graph import load_graph
@@ -41,15 +39,8 @@ def calibration_root(root=None) -> Path:
 
 
 def backend_fingerprint(backend) -> str:
-    cfg = backend.model.config
-    try:
-        d = cfg.to_dict()
-    except Exception:  # pragma: no cover - every backend's config is a PretrainedConfig
-        d = dict(vars(cfg))
-    keep = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool, type(None), list))
-            and not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
-    blob = json.dumps({"family": backend.family, "config": keep}, sort_keys=True, default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+    """The config part of the model fingerprint (16 hex digits): a folder name that survives renames."""
+    return config_digest(backend)
 
 
 def setting_key(cfg, sampler: str) -> str:
