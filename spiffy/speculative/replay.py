@@ -13,14 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 
-from ..sampling.baseline import block_done, fill_after_stop, finish, sampler_of, stop_early
+from ..sampling.baseline import generate_baseline, sampler_of
 from ..sampling.config import GenerationConfig
-from ..sampling.noise import step_generator
-from ..sampling.schedule import block_schedule
-from ..sampling.session import DecodeSession
-from ..sampling.step import denoise_step
 from .walk import GraphProvider, plan_round, token_ranks_needed
 from .proposer import DraftSource
 
@@ -32,42 +27,20 @@ class BlockTrace:
     schedule: list      # tokens per step, or None (threshold)
 
 
-@torch.no_grad()
 def trace_baseline(backend, prompt: list, cfg: GenerationConfig, k: int = 2):
-    """Baseline decode of one prompt, recording states and draft sources (top-``k`` tokens). Returns
-    (GenerationResult, [BlockTrace])."""
-    import time
-
-    cfg.validate(len(prompt), backend.context_length)
-    t0 = time.perf_counter()
-    session = DecodeSession(backend, [prompt], cfg)
+    """Baseline decode of one prompt (``generate_baseline`` itself), recording every block's states and
+    draft sources (top-``k`` tokens). Returns (GenerationResult, [BlockTrace])."""
+    traces = []
     sampler = sampler_of(backend, cfg)
-    traces, block_steps = [], []
-    for b in range(cfg.num_blocks):
-        s, e = session.span(b)
-        block = session.x[:, s:e].clone()
-        schedule = None if cfg.threshold is not None else block_schedule(sampler, cfg.block_length,
-                                                                          cfg.steps_per_block)
-        tr = BlockTrace([tuple(block[0].tolist())], [], schedule)
-        t = 0
-        while True:
-            logits = session.begin_block(b) if t == 0 else session.block_logits(b, block)
-            tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id, backend.mask_id))
-            gen = step_generator(cfg.seed, b, t, backend.device)
-            n_commit = None if schedule is None else [schedule[t]]
-            block = denoise_step(logits, block, backend.mask_id, cfg, sampler, n_commit, gen,
-                                 backend.eos_id, backend.eot_id).tokens
-            session.commit(b, block)
-            tr.states.append(tuple(block[0].tolist()))
-            t += 1
-            if (schedule is not None and t == len(schedule)) or (schedule is None and block_done(session, block)):
-                break
-        traces.append(tr)
-        block_steps.append(t)
-        if cfg.early_stop and b + 1 < cfg.num_blocks and stop_early(session, b):
-            fill_after_stop(session, b)
-            break
-    return finish(session, [prompt], block_steps, t0), traces
+
+    def record(b, t, schedule, logits, before, after):
+        if t == 0:
+            traces.append(BlockTrace([tuple(before[0].tolist())], [], schedule))
+        tr = traces[-1]
+        tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id, backend.mask_id))
+        tr.states.append(tuple(after[0].tolist()))
+
+    return generate_baseline(backend, [prompt], cfg, observer=record), traces
 
 
 def replay_nfe(traces, provider: GraphProvider, mask_id: int, pruner=None, cfg_doubled: bool = False) -> dict:
