@@ -50,9 +50,10 @@ def finish(session: DecodeSession, prompts, block_steps, t0, stats=None) -> Gene
 
 @torch.no_grad()
 def generate_baseline(backend, prompts: list[list[int]], cfg: GenerationConfig, observer=None) -> GenerationResult:
-    """The baseline decode. ``observer(b, t, schedule, logits, before, after)``, when given, is called
-    after every step with the block's logits and its state before and after the step (traces for
-    replay and calibration are recorded this way, from this one loop)."""
+    """The baseline decode. ``observer(b, t, schedule, logits, before, outcome)``, when given, is called
+    after every step with the block's logits, its state before the step and the step's
+    ``StepOutcome`` (traces for replay, calibration and speculatability are recorded this way, from
+    this one loop)."""
     cfg.validate(max(len(p) for p in prompts), backend.context_length)
     t0 = time.perf_counter()
     session = DecodeSession(backend, prompts, cfg)
@@ -68,11 +69,11 @@ def generate_baseline(backend, prompts: list[list[int]], cfg: GenerationConfig, 
             logits = session.begin_block(b) if t == 0 else session.block_logits(b, block)
             gen = step_generator(cfg.seed, b, t, backend.device)
             n_commit = None if schedule is None else [schedule[t]] * session.B
-            new = denoise_step(logits, block, backend.mask_id, cfg, sampler, n_commit, gen,
-                               backend.eos_id, backend.eot_id).tokens
+            out = denoise_step(logits, block, backend.mask_id, cfg, sampler, n_commit, gen,
+                               backend.eos_id, backend.eot_id)
             if observer is not None:
-                observer(b, t, schedule, logits, block, new)
-            block = new
+                observer(b, t, schedule, logits, block, out)
+            block = out.tokens
             session.commit(b, block)
             t += 1
             if (schedule is not None and t == len(schedule)) or (schedule is None and block_done(session, block)):

@@ -33,12 +33,12 @@ def trace_baseline(backend, prompt: list, cfg: GenerationConfig, k: int = 2):
     traces = []
     sampler = sampler_of(backend, cfg)
 
-    def record(b, t, schedule, logits, before, after):
+    def record(b, t, schedule, logits, before, out):
         if t == 0:
             traces.append(BlockTrace([tuple(before[0].tolist())], [], schedule))
         tr = traces[-1]
         tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id, backend.mask_id))
-        tr.states.append(tuple(after[0].tolist()))
+        tr.states.append(tuple(out.tokens[0].tolist()))
 
     return generate_baseline(backend, [prompt], cfg, observer=record), traces
 

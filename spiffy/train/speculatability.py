@@ -32,33 +32,24 @@ def trace(backend, prompt_ids: list[int], gen_length: int = 256, block_length: i
           cache: str = "none"):
     """Greedy 1-token/step decode; returns (generated ids, per-block list of steps). A step is
     (committed position, committed token, its probability, ranked [(pos, tok)] top ``keep``)."""
+    from ..sampling.baseline import generate_baseline
     from ..sampling.config import GenerationConfig
-    from ..sampling.noise import step_generator
-    from ..sampling.session import DecodeSession
-    from ..sampling.step import denoise_step
 
     cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, cache=cache)
-    cfg.validate(len(prompt_ids), backend.context_length)
-    s = DecodeSession(backend, [list(prompt_ids)], cfg)
     blocks = []
-    for b in range(cfg.num_blocks):
-        st, en = s.span(b)
-        block = s.x[:, st:en].clone()
-        steps = []
-        for t in range(cfg.steps_per_block):
-            logits = s.begin_block(b) if t == 0 else s.block_logits(b, block)
-            out = denoise_step(logits, block, backend.mask_id, cfg, "llada", [1], step_generator(cfg.seed, b, t,
-                               backend.device), backend.eos_id, backend.eot_id)
-            conf = out.confidence[0]
-            k = min(keep, int((conf > float("-inf")).sum()))
-            top = torch.topk(conf, k).indices.tolist()
-            ranked = [(p, int(out.x0[0, p])) for p in top]
-            pos = int(out.committed[0].nonzero()[0, 0])
-            steps.append((pos, int(out.x0[0, pos]), float(conf[pos]), ranked))
-            block = out.tokens
-            s.commit(b, block)
-        blocks.append(steps)
-    return s.generated()[0].tolist(), blocks
+
+    def on_step(b, t, schedule, logits, before, out):
+        if t == 0:
+            blocks.append([])
+        conf = out.confidence[0]
+        k = min(keep, int((conf > float("-inf")).sum()))
+        top = torch.topk(conf, k).indices.tolist()
+        ranked = [(p, int(out.x0[0, p])) for p in top]
+        pos = int(out.committed[0].nonzero()[0, 0])
+        blocks[-1].append((pos, int(out.x0[0, pos]), float(conf[pos]), ranked))
+
+    res = generate_baseline(backend, [list(prompt_ids)], cfg, observer=on_step)
+    return res.token_ids[0], blocks
 
 
 def calls_for_depth(blocks, depth: int) -> int:
