@@ -5,7 +5,6 @@ prefix with the committed text and the missing tokens are fed in one forward.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch

@@ -141,8 +141,6 @@ class NGramModel:
 
 def training_texts(data_dir, max_code_chars: int = 6_000_000):
     """The training corpus the n-gram is built from; test sets are never read."""
-    import gzip  # noqa: F401  (HumanEval is never opened here)
-
     d = Path(data_dir)
 
     def jl(p):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch

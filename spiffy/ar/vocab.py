@@ -1,7 +1,6 @@
 """Drafter/target vocabulary agreement: the drafter must share the target's tokenizer."""
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 

@@ -7,7 +7,6 @@ safetensors load as they are, without ``trust_remote_code``.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 

@@ -73,7 +73,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES,
     from ..ar.target import load_causal_lm
     from ..backends import load_backend
     from ..datasets import load_prompts
-    from ..errors import ConfigError, SpiffyError
+    from ..errors import ConfigError
     from .machine import machine_info
 
     say = (lambda s: click.echo(s, err=True)) if echo else (lambda s: None)

@@ -1,7 +1,6 @@
 """`spiffy calibrate`: choose Spiffy's draft graphs offline from baseline traces."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click

@@ -6,10 +6,9 @@ AR models' prompts match training.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 PAD = "<|pad|>"
 EOS = "<|endoftext|>"
