@@ -97,3 +97,29 @@ def test_sizes_and_budget():
     for p in ALL:
         cfg = json.loads((p / "config.json").read_text())
         assert cfg.get("dtype", cfg.get("torch_dtype")) in ("bfloat16", "float16")
+
+
+def test_shipped_calibrated_graphs_match_the_shipped_dllm():
+    """Every graph under calibration/spiffy-dllm-ref validates against the bundled checkpoint's fingerprint
+    (a retrained model without recalibration fails here, not silently at decode time), and the decoder's
+    lookup finds one for each shipped setting and budget."""
+    import spiffy
+    from spiffy.backends.fingerprint import model_fingerprint
+    from spiffy.sampling.config import GenerationConfig
+    from spiffy.speculative.calibrated import calibrated_graph_for, load_graph_artifact
+
+    be = spiffy.load_backend(str(DLLM))
+    fp = model_fingerprint(be)
+    folders = sorted(p for p in (ROOT / "calibration" / "spiffy-dllm-ref").iterdir() if p.is_dir())
+    assert {f.name for f in folders} >= {"b32_k1_none", "b32_k1_dual", "b32_thr0.9_dual"}
+    for folder in folders:
+        files = sorted(folder.glob("D*.json"))
+        assert files, folder
+        for f in files:
+            g = load_graph_artifact(f, fingerprint=fp)
+            assert g.number_of_nodes() >= 2
+    for cache, thr in (("none", None), ("dual", None), ("dual", 0.9)):
+        cfg = GenerationConfig(gen_length=256, block_length=32, cache=cache, threshold=thr)
+        for D in (3, 5, 8, 10):
+            path = calibrated_graph_for(be, cfg, "llada", D)
+            assert path is not None and path.name == f"D{D}.json", (cache, thr, D)
