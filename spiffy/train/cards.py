@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-HARDWARE = ("CPU only: a 2-core x86 machine with no GPU, shared with other jobs running at the same time "
-            "(no GPU was lent for this task), so the wall times below are long for the work done. PyTorch "
+HARDWARE = ("CPU only: a 2-core AMD EPYC x86 machine with no GPU (none was lent for this task); the torch thread "
+            "count is in the table above, and whether other jobs shared the cores is in the notes. PyTorch "
             "float32 training; weights saved as bfloat16 safetensors.")
 
 
@@ -49,7 +49,7 @@ def render(model_dir, notes: str = "") -> str:
             "ar": "Reference autoregressive model (same tokenizer and chat template as spiffy-dllm-ref)."}[kind]
     if name == "spiffy-ar-draft":
         role = "Small autoregressive drafter for spiffy-ar-ref (same tokenizer and chat template)."
-    L += [role, "", "**These are tiny models trained for minutes on a shared 2-core CPU: expect weak, often "
+    L += [role, "", "**These are tiny models trained for at most an hour on a 2-core CPU: expect weak, often "
           "wrong or repetitive output. They exist so the decoders can be exercised and timed on real-text "
           "models with the real architectures; they are not useful language models.**", ""]
     L += ["## Architecture", "", _arch(cfg), "", f"Parameters: **{tr.get('params', 'n/a'):,}**." if tr else "", ""]
@@ -139,7 +139,7 @@ def render(model_dir, notes: str = "") -> str:
           "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` shrinks them proportionally. "
           "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`, untested "
           "here) the recipe's `cuda` section applies (bf16 autocast, larger model and batches). The evaluation "
-          "was split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "
+          "can be split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "
           "single commands above compute the same numbers."]
     return "\n".join(L) + "\n"
 
