@@ -67,7 +67,10 @@ def block_chains(trace, mask_id: int, max_depth: int) -> BlockChains:
 
 def collect_traces(backend, prompts: list, cfg, token_ranks: int = 4, progress: bool = False):
     """Baseline traces for token-id prompts. Returns (results, [per-prompt list of BlockTrace])."""
+    from ..memory import pin_mmap_threshold
     from ..speculative.replay import trace_baseline
+
+    pin_mmap_threshold()   # many prompts x 256 steps of large temporaries: see spiffy.memory
 
     it = prompts
     if progress:

@@ -9,6 +9,9 @@ from .. import __version__
 def main():
     """Spiffy: make diffusion LMs (LLaDA, Dream, the bundled reference model) generate faster without
     changing what they generate."""
+    from ..memory import pin_mmap_threshold
+
+    pin_mmap_threshold()   # long decode loops: keep glibc's heap from fragmenting (spiffy.memory)
 
 
 from . import sample  # noqa: E402,F401  (registers `spiffy sample`)

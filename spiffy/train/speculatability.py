@@ -109,6 +109,9 @@ def report(backend, prompts: list[str], max_depth: int = MAX_DEPTH, log=print, c
 def main(argv=None):
     from ..backends.loader import load_backend
     from ..datasets import load_prompts
+    from ..memory import pin_mmap_threshold
+
+    pin_mmap_threshold()   # 24 prompts x 256 steps of large temporaries: see spiffy.memory
 
     ap = argparse.ArgumentParser(description="draft-chain speculatability of a dLLM's greedy traces")
     ap.add_argument("model")
