@@ -111,14 +111,14 @@ def test_shipped_calibrated_graphs_match_the_shipped_dllm():
     be = spiffy.load_backend(str(DLLM))
     fp = model_fingerprint(be)
     folders = sorted(p for p in (ROOT / "calibration" / "spiffy-dllm-ref").iterdir() if p.is_dir())
-    assert {f.name for f in folders} >= {"b32_k1_none", "b32_thr0.9_dual"}
+    assert {f.name for f in folders} >= {"b32_k1_none", "b32_k1_dual", "b32_thr0.9_dual"}
     for folder in folders:
         files = sorted(folder.glob("D*.json"))
         assert files, folder
         for f in files:
             g = load_graph_artifact(f, fingerprint=fp)
             assert g.number_of_nodes() >= 2
-    for cache, thr in (("none", None), ("dual", 0.9)):
+    for cache, thr in (("none", None), ("dual", None), ("dual", 0.9)):
         cfg = GenerationConfig(gen_length=256, block_length=32, cache=cache, threshold=thr)
         for D in (3, 5, 8, 10):
             path = calibrated_graph_for(be, cfg, "llada", D)
