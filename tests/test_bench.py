@@ -70,3 +70,30 @@ def test_sample_spiffy_json():
     assert base["nfe"] == 16
     bad = CliRunner().invoke(main, args + ["--budget", "3"])
     assert bad.exit_code == 2 and "--spiffy" in bad.output
+
+
+def test_bench_uses_calibrated_graph_and_refuses_a_mismatched_one(tmp_path, monkeypatch):
+    """The bench resolves calibrated graphs with the decoder's own checks: a matching artifact is used
+    (graph column says so), one calibrated for another model is refused with the reason."""
+    import spiffy
+    from spiffy import GenerationConfig
+    from spiffy.backends.fingerprint import model_fingerprint
+    from spiffy.bench.dllm import Setting, run_dllm_bench
+    from spiffy.calibration.artifact import write_graph_artifact
+    from spiffy.errors import ArtifactError
+    from spiffy.speculative.calibrated import backend_fingerprint, setting_key
+    from spiffy.speculative.graph import make_graph
+
+    be = spiffy.tiny_backend("llada", dtype=torch.float64)
+    cfg = GenerationConfig(gen_length=16, block_length=8)
+    path = tmp_path / backend_fingerprint(be) / f"{setting_key(cfg, 'llada')}_none" / "D2.json"
+    g = make_graph([[(0, 0)], [(0, 0), (1, 0)]], "fixed", [1, 1], meta={"model": "tiny-llada"})
+    monkeypatch.setenv("SPIFFY_CALIBRATION", str(tmp_path))
+    write_graph_artifact(g, path, {"model": "tiny-llada", "fingerprint": model_fingerprint(be)})
+    res = run_dllm_bench(be, [[5, 6, 7]], [Setting(cache="none")], [2], cfg, vanilla=False)
+    assert res["rows"][0]["graph_source"] == f"calibrated:{path}"
+    assert res["rows"][0]["identical_rate"] == 1.0
+    bad = dict(model_fingerprint(be), digest="0" * 16, weights="0" * 16)
+    write_graph_artifact(g, path, {"model": "tiny-llada", "fingerprint": bad})
+    with pytest.raises(ArtifactError, match="different model"):
+        run_dllm_bench(be, [[5, 6, 7]], [Setting(cache="none")], [2], cfg, vanilla=False)

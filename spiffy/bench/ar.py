@@ -60,8 +60,7 @@ def _mean(xs):
 
 def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES, draft_length=8,
                  ar_draft_length=4, tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, ngram=None,
-                 extra_masks=0,
-                 model=None, datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256,
+                 extra_masks=0, model=None, datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256,
                  out_dir=None, threads=None, raw=False, device="cpu", dtype="auto", seed=0, temperature=0.0,
                  echo=True, **_ignored) -> dict:
     """Run the AR-verifier benchmark; returns the result dict (also written to ``out_dir``)."""

@@ -10,19 +10,17 @@ baseline) gives the combined tokens/s gain of each Spiffy setting over plain sam
 """
 from __future__ import annotations
 
-import statistics
-
 import json
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..sampling.baseline import generate_baseline
+from ..sampling.baseline import generate_baseline, sampler_of
 from ..sampling.config import GenerationConfig
-from ..sampling.baseline import sampler_of
-from ..speculative import SpeculativeConfig, generate_speculative, load_graph
-from ..speculative.calibrated import calibrated_graph_for
+from ..speculative import SpeculativeConfig, generate_speculative
+from ..speculative.calibrated import calibrated_graph_for, load_graph_artifact
 from ..speculative.replay import baseline_nfe, ceiling_nfe, provider_for, replay_nfe, trace_baseline
 
 # Spiffy paper, LLaDA-8B, gen 256, block 32, 1 token/step: NFE reduction range over four benchmarks
@@ -125,7 +123,7 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
             if graph is None and use_calibration:
                 path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
                 if path is not None:
-                    spec.graph = load_graph(path)
+                    spec.graph = load_graph_artifact(path, backend)   # the decoder's own checks
                     rows[D].graph_source = f"calibrated:{path}"
             specs[D] = spec
         for i, p in enumerate(prompts):

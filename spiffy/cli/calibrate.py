@@ -54,8 +54,7 @@ def _pairs(text: str) -> list:
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, prune_spec,
-              gen_length,
-              block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, plot, device, dtype,
+              gen_length, block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, plot, device, dtype,
               raw):
     """Trace the baseline on a prompt set, select draft graphs per budget, write versioned artifacts to
     OUT/<model>/<setting>/D<k>.json (+ counts.json, report.json)."""

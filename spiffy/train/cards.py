@@ -106,9 +106,10 @@ def render(model_dir, notes: str = "") -> str:
         L += [f"Fixed check batch (`spiffy.train.evaluate.FIXED_TEXTS`, 3 × 64 tokens"
               f"{', seeded 50% mask' if kind == 'dllm' else ''}): loss {fb['loss']} (checked by "
               "tests/test_reference_models.py).", ""]
-        g = ev.get("gsm8k") or {"n": 0, "correct": 0, "accuracy": 0.0, "with_answer_marker": 0,
-                                 "decoding": "NOT MEASURED YET"}
-        L += ["## GSM8K", "", f"Accuracy on the first {g['n']} GSM8K test questions: **{g['correct']}/{g['n']} = "
+        g = ev.get("gsm8k")
+        L += ["## GSM8K", "", "Not measured: eval.json has no GSM8K part (`python -m spiffy.train.evaluate "
+              f"models/{name} --parts gsm8k`)." if g is None else
+              f"Accuracy on the first {g['n']} GSM8K test questions: **{g['correct']}/{g['n']} = "
               f"{100 * g['accuracy']:.1f}%** (answer parsed from `#### N`; {g['with_answer_marker']} outputs contained "
               f"a `#### N` marker). Decoding: {g['decoding']}.", ""]
         L += ["## Samples", "", f"Decoding: {ev['samples_decoding']}. Outputs are shown verbatim up to the first EOS.", ""]
