@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spiffy.train.objectives import causal_lm_loss, forward_process, masked_diffusion_loss
+from spiffy.train.objectives import block_forward_process, causal_lm_loss, forward_process, masked_diffusion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "models" / "tokenizer"
@@ -46,6 +46,29 @@ def test_forward_process_ratio_and_prompt_never_masked():
     assert bool((noisy[masked] == 3).all()) and bool((noisy[~masked] == ids[~masked]).all())
     frac = masked[:, 500:].float().mean(-1)
     assert torch.allclose(frac, (1 - 1e-3) * t + 1e-3, atol=0.05)
+
+
+def test_block_forward_process_matches_the_states_block_decoding_visits():
+    g = torch.Generator().manual_seed(0)
+    B, P, A, bl = 64, 5, 64, 8
+    ids = torch.randint(10, 100, (B, P + A))
+    noisable = torch.ones_like(ids, dtype=torch.bool)
+    noisable[:, :P] = False
+    content = torch.randint(1, A + 1, (B,))
+    noisy, masked, p = block_forward_process(ids, 3, torch.full((B,), P), content, bl, generator=g,
+                                             noisable=noisable)
+    assert not masked[:, :P].any() and bool((noisy[masked] == 3).all())
+    seen = set()
+    for r in range(B):
+        ans = masked[r, P:]
+        ones = (p[r, P:] == 1).nonzero()
+        blk = (int(ones[0]) // bl - 1) if len(ones) else A // bl - 1  # the block before the first p = 1 one
+        seen.add(blk)
+        assert not ans[:blk * bl].any()                       # every block before the current one is clean
+        assert ans[(blk + 1) * bl:].all()                     # every later block is fully masked
+        assert bool((p[r, P + (blk + 1) * bl:] == 1).all())   # ... with p_mask 1
+        assert blk <= min(int(content[r]) // bl, A // bl - 1)  # never past the first block after the content
+    assert len(seen) > 3  # the block is drawn, not fixed
 
 
 def _synthetic(tmp_path):

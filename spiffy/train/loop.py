@@ -9,7 +9,8 @@ A recipe is JSON::
                  "seq_len": L, "lr": 1e-3, "warmup": 100, "min_lr_ratio": 0.1,
                  "sources": {"python_stdlib": {"weight": 0.4, "max_chars": 4000000}, ...}},
                 {"name": "sft", "type": "sft", "answer_len": 256, "max_prompt": 192,
-                 "sources": {"gsm8k": 1, "mbpp": 2, "stdlib_functions": 3000}, ...}],
+                 "sources": {"gsm8k": 1, "mbpp": 2, "stdlib_functions": 3000},
+                 "block_mask_prob": 0.0, "block_length": 32, ...}],
      "cuda": {...keys overriding the above when training on a GPU (bf16 autocast, larger sizes)...}}
 
 Each stage stops at ``steps`` or at its share of the time budget, whichever comes first; the learning
@@ -111,7 +112,11 @@ def build_stage_data(stage: dict, tok, data_dir, seed: int):
 
 def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Optional[float] = None,
           device: Optional[str] = None, log_path: Optional[str] = None, root: Optional[Path] = None,
-          recipe: Optional[dict] = None) -> dict:
+          recipe: Optional[dict] = None, resume_from: Optional[str] = None,
+          start_stage: Optional[str] = None) -> dict:
+    """Run a recipe. ``resume_from`` + ``start_stage``: load the weights a previous run of the same recipe
+    saved in ``resume_from`` (its training.json must list every stage before ``start_stage``), skip those
+    stages and run the rest; the summary carries the earlier stages' records over, marked ``resumed``."""
     from ..datasets import resolve_data_dir
 
     root = Path(root) if root else Path.cwd()
@@ -126,6 +131,23 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     log = Logger(Path(log_path) if log_path else None)
     tok = prepare_tokenizer(recipe, data_dir, root)
     kind = recipe["kind"]
+    stages = recipe["stages"]
+    carried = []
+    if start_stage is not None:
+        names = [s["name"] for s in stages]
+        if start_stage not in names:
+            raise ValueError(f"start stage {start_stage!r} is not in the recipe (stages: {names})")
+        if not resume_from:
+            raise ValueError("start_stage needs resume_from: the checkpoint the earlier stages produced")
+        prev = json.loads((Path(resume_from) / "training.json").read_text())
+        done = {s["name"]: s for s in prev.get("stages", [])}
+        k = names.index(start_stage)
+        missing = [n for n in names[:k] if n not in done]
+        if missing:
+            raise ValueError(f"{resume_from} has no record of stage(s) {missing}; cannot start at {start_stage!r}")
+        carried = [dict(done[n], resumed=True) for n in names[:k]]
+        stages = stages[k:]
+        recipe = dict(recipe, init_from=str(resume_from))
     if recipe.get("init_from"):  # continue training a saved checkpoint (weights loaded in float32)
         init = Path(recipe["init_from"])
         init = init if init.is_absolute() else root / init
@@ -135,17 +157,17 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     model.train()
     n_params = count_params(model)
     autocast = torch.device(device).type == "cuda" and recipe.get("amp", "bf16") == "bf16"
-    log(event="start", name=recipe["name"], kind=kind, params=n_params, device=device, out=str(out_dir))
-    stages = recipe["stages"]
+    log(event="start", name=recipe["name"], kind=kind, params=n_params, device=device, out=str(out_dir),
+        start_stage=start_stage)
     total_min = sum(s.get("minutes", 0) for s in stages) or None
     scale = 1.0 if (max_minutes is None or not total_min) else min(1.0, max_minutes / total_min)
     mask_id = getattr(model.config, "mask_token_id", None)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     summary = {"name": recipe["name"], "kind": kind, "params": n_params, "device": device,
-               "torch_threads": torch.get_num_threads(), "seed": seed, "stages": []}
+               "torch_threads": torch.get_num_threads(), "seed": seed, "stages": list(carried)}
     t_run = time.time()
     last_ckpt = time.time()
-    for si, stage in enumerate(stages):
+    for si, stage in enumerate(stages, start=len(carried)):
         data, info = build_stage_data(stage, tok, data_dir, seed + 100 * si)
         minutes = stage.get("minutes", None)
         minutes = None if minutes is None else minutes * scale
@@ -177,7 +199,8 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
                                                       else {"input_ids": data.batch(bs)}).items()}
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                     if kind == "dllm":
-                        loss = diffusion_step_loss(model, batch, mask_id, stage.get("eps", 1e-3), gen)
+                        loss = diffusion_step_loss(model, batch, mask_id, stage.get("eps", 1e-3), gen,
+                                                   stage.get("block_mask_prob", 0.0), stage.get("block_length", 32))
                     else:
                         loss = causal_lm_loss(model, batch)
                 (loss / accum).backward()
@@ -205,6 +228,10 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
         save_checkpoint(model, tok, out_dir, recipe.get("save_dtype", "bf16"))
         last_ckpt = time.time()
     summary["wall_min"] = round((time.time() - t_run) / 60, 2)
+    if carried:
+        summary["resumed_from"] = str(resume_from)
+        summary["wall_min_this_run"] = summary["wall_min"]
+        summary["wall_min"] = round(summary["wall_min"] + sum(c.get("wall_min", 0) for c in carried), 2)
     summary["recipe"] = recipe
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     log(event="done", out=str(out_dir), wall_min=summary["wall_min"])

@@ -4,6 +4,14 @@ Masked diffusion (LLaDA, Nie et al. 2025): per sequence t ~ U(eps, 1); each (noi
 replaced by the mask token with probability p_mask = (1 - eps) * t + eps; cross-entropy on the masked
 tokens, each weighted by 1 / p_mask. Pretraining normalises by batch * sequence length; SFT never masks
 the prompt and normalises each token by its row's answer length (prompt excluded), then by batch size.
+
+Block-structured masking (an SFT option, ``block_mask_prob``): the semi-autoregressive samplers only ever
+show the model states where every answer block before the current one is clean, the current block is
+partly masked and every later block is fully masked. A row drawn in this mode picks one block b of the
+answer (uniformly over the blocks up to the first one past its end), masks each token of b with probability
+p = (1-eps)t + eps, leaves the blocks before b clean and masks everything after b (p = 1). The loss is the
+same 1/p-weighted sum, so it is LLaDA's estimator restricted to the states block decoding visits (the
+training-inference alignment of block-diffusion models); rows not drawn in this mode use plain LLaDA masking.
 """
 from __future__ import annotations
 
@@ -27,6 +35,36 @@ def forward_process(input_ids: torch.Tensor, mask_id: int, eps: float = 1e-3, ge
     return noisy, masked, p_mask
 
 
+def block_forward_process(input_ids: torch.Tensor, mask_id: int, answer_start: torch.Tensor,
+                          content_len: torch.Tensor, block_length: int, eps: float = 1e-3, generator=None,
+                          noisable: Optional[torch.Tensor] = None):
+    """Block-structured masking (see the module docstring). ``answer_start`` [B]: index of each row's
+    first answer token; ``content_len`` [B]: answer tokens proper (answer + its first EOS).
+    Returns (noisy ids, masked bool, p_mask [B, L])."""
+    B, L = input_ids.shape
+    dev = input_ids.device
+    answer_len = L - answer_start
+    n_blocks = torch.div(answer_len + block_length - 1, block_length, rounding_mode="floor")
+    # blocks worth training: those holding content, plus the first block after the content ends
+    useful = torch.minimum(torch.div(content_len, block_length, rounding_mode="floor") + 1, n_blocks)
+    u = torch.rand(B, generator=generator, device=dev)
+    b = torch.minimum((u * useful).long(), useful - 1)
+    t = torch.rand(B, generator=generator, device=dev)
+    p_block = (1 - eps) * t + eps
+    idx = torch.arange(L, device=dev)[None, :]
+    lo = (answer_start + b * block_length)[:, None]
+    hi = lo + block_length
+    in_block = (idx >= lo) & (idx < hi)
+    after = idx >= hi
+    p_mask = torch.where(after, torch.ones(B, L, device=dev), p_block[:, None].expand(B, L))
+    draw = torch.rand(B, L, generator=generator, device=dev) < p_mask
+    masked = (in_block & draw) | after
+    if noisable is not None:
+        masked = masked & noisable
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+    return noisy, masked, p_mask
+
+
 def masked_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor,
                           p_mask: torch.Tensor, answer_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """sum over masked tokens of CE / p_mask, divided by B*L (pretraining) or, when ``answer_lengths``
@@ -42,12 +80,20 @@ def masked_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: t
     return (ce * w / al).sum() / B
 
 
-def diffusion_step_loss(model, batch: dict, mask_id: int, eps: float = 1e-3, generator=None) -> torch.Tensor:
-    """One training loss for a pretraining batch (``input_ids``) or an SFT batch (+ ``prompt_mask``)."""
+def diffusion_step_loss(model, batch: dict, mask_id: int, eps: float = 1e-3, generator=None,
+                        block_mask_prob: float = 0.0, block_length: int = 32) -> torch.Tensor:
+    """One training loss for a pretraining batch (``input_ids``) or an SFT batch (+ ``prompt_mask``).
+    ``block_mask_prob`` > 0 (SFT only) draws that share of rows with block-structured masking."""
     ids = batch["input_ids"]
     prompt_mask = batch.get("prompt_mask")
     noisable = None if prompt_mask is None else ~prompt_mask
     noisy, masked, p_mask = forward_process(ids, mask_id, eps, generator, noisable)
+    if block_mask_prob > 0 and prompt_mask is not None:
+        start = prompt_mask.sum(-1)
+        content = batch["answer_tokens"].sum(-1)
+        bn, bm, bp = block_forward_process(ids, mask_id, start, content, block_length, eps, generator, noisable)
+        rows = (torch.rand(ids.shape[0], generator=generator, device=ids.device) < block_mask_prob)[:, None]
+        noisy, masked, p_mask = torch.where(rows, bn, noisy), torch.where(rows, bm, masked), torch.where(rows, bp, p_mask)
     valid = batch.get("valid")
     answer_lengths = None if prompt_mask is None else (~prompt_mask).sum(-1)
     if hasattr(model, "blocks_list") and hasattr(model, "head"):
