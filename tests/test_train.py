@@ -157,3 +157,30 @@ def test_speculatability_call_count():
     wrong = [(p, t, 0.9, list(reversed(order[i:]))) for i, (p, t) in enumerate(order)]
     # reversed ranking: only the last two steps' draft matches (as a set): 1 + 1 + 1 + 1 calls
     assert calls_for_depth([wrong], 8) == 4
+
+
+def test_resume_runs_the_remaining_stages_and_carries_the_earlier_records(tmp_path):
+    from spiffy.train.loop import train
+
+    (tmp_path / "data").mkdir()
+    data = _synthetic(tmp_path / "data")
+    model = {"d_model": 32, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 64, "weight_tying": True,
+             "max_sequence_length": 128}
+    recipe = _recipe("dllm", model)
+    first = dict(recipe, stages=recipe["stages"][:1])
+    train(None, data_dir=str(data), out=str(tmp_path / "a"), device="cpu", root=ROOT, recipe=first)
+    block_sft = dict(recipe["stages"][1], name="sft-block", block_mask_prob=1.0, block_length=8)
+    full = dict(recipe, stages=recipe["stages"][:1] + [block_sft])
+    s = train(None, data_dir=str(data), out=str(tmp_path / "b"), device="cpu", root=ROOT, recipe=full,
+              resume_from=str(tmp_path / "a"), start_stage="sft-block")
+    assert [st["name"] for st in s["stages"]] == ["pretrain", "sft-block"]
+    assert s["stages"][0]["resumed"] and "resumed" not in s["stages"][1]
+    h = [l for _, l in s["stages"][1]["loss_history"]]
+    assert sum(h[-5:]) / 5 < sum(h[:5]) / 5, h
+    with pytest.raises(ValueError, match="no record of stage"):
+        train(None, data_dir=str(data), out=str(tmp_path / "c"), device="cpu", root=ROOT,
+              recipe=dict(full, stages=[dict(recipe["stages"][0], name="other")] + [block_sft]),
+              resume_from=str(tmp_path / "a"), start_stage="sft-block")
+    with pytest.raises(ValueError, match="not in the recipe"):
+        train(None, data_dir=str(data), out=str(tmp_path / "c"), device="cpu", root=ROOT, recipe=full,
+              resume_from=str(tmp_path / "a"), start_stage="nope")

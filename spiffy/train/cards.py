@@ -71,7 +71,7 @@ def render(model_dir, notes: str = "") -> str:
                 data = (f"{st.get('sft_rows', 0):,} SFT rows ({st.get('prompt_tokens', 0):,} prompt + "
                         f"{st.get('answer_tokens', 0):,} answer tokens)")
             fl = st.get("final_loss_ema")
-            L.append(f"| {st['name']} | {st['steps']} | {st['batch_size']} | {st['tokens']:,} | {st['wall_min']} | "
+            L.append(f"| {st['name']}{' (carried over)' if st.get('resumed') else ''} | {st['steps']} | {st['batch_size']} | {st['tokens']:,} | {st['wall_min']} | "
                      f"{'n/a' if fl is None else round(fl, 3)} | {data} |")
         L += ["", f"Total wall time {tr.get('wall_min')} min (including data preparation), "
               f"{tr.get('torch_threads')} torch thread(s), device {tr.get('device')}, seed {tr.get('seed')}.", ""]
@@ -80,6 +80,17 @@ def render(model_dir, notes: str = "") -> str:
                   "probability p, cross-entropy on masked tokens weighted by 1/p, normalised by batch × length "
                   "(pretraining) or by each row's answer length (SFT; prompt never masked; the answer is padded "
                   "with EOS up to 256 tokens and the EOS run is trained like any token).", ""]
+            for st in (tr.get("recipe") or {}).get("stages", []):
+                if st.get("block_mask_prob"):
+                    L += [f"Stage `{st['name']}` draws {st['block_mask_prob']:.0%} of its rows with block-structured "
+                          f"masking (block {st.get('block_length', 32)}): one answer block b is chosen, the blocks "
+                          "before it stay clean, its tokens are masked with probability p and every later token is "
+                          "masked (p = 1), the states that semi-autoregressive block decoding visits; the other "
+                          "rows use the plain LLaDA masking above. The loss is the same 1/p-weighted sum.", ""]
+            if tr.get("resumed_from"):
+                L += [f"Stages marked as carried over were trained by an earlier run of the same recipe; this run "
+                      f"loaded that checkpoint and ran the rest (`--resume-from ... --start-stage`), "
+                      f"{tr.get('wall_min_this_run')} min. The total above adds both runs.", ""]
         else:
             L += ["Objective: next-token cross-entropy (pretraining: all tokens; SFT: answer tokens and the "
                   "closing EOS only).", ""]
