@@ -142,8 +142,14 @@ def render(model_dir, notes: str = "") -> str:
               ""]
     if notes:
         L += ["## Notes", "", notes.strip(), ""]
-    cmds = [f"spiffy train --recipe models/recipes/{name}.json --log runs/{name}.jsonl",
-            f"python -m spiffy.train.evaluate models/{name}"]
+    cmds = [f"spiffy train --recipe models/recipes/{name}.json --log runs/{name}.jsonl"]
+    if tr.get("resumed_from"):  # how the committed checkpoint was actually made: two runs of the same recipe
+        later = [st["name"] for st in tr.get("stages", []) if not st.get("resumed")]
+        if later:
+            cmds += [f"# the committed checkpoint ran the stages before {later[0]!r} first, then (same recipe):",
+                     f"# spiffy train --recipe models/recipes/{name}.json --resume-from DIR_OF_THAT_RUN "
+                     f"--start-stage {later[0]}"]
+    cmds.append(f"python -m spiffy.train.evaluate models/{name}")
     if sp:
         cmds.append(f"python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}")
     cmds.append(f"python -m spiffy.train.cards models/{name}")

@@ -146,6 +146,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
         if missing:
             raise ValueError(f"{resume_from} has no record of stage(s) {missing}; cannot start at {start_stage!r}")
         carried = [dict(done[n], resumed=True) for n in names[:k]]
+        carried_wall = prev.get("wall_min", sum(c.get("wall_min", 0) for c in carried))
         stages = stages[k:]
         recipe = dict(recipe, init_from=str(resume_from))
     if recipe.get("init_from"):  # continue training a saved checkpoint (weights loaded in float32)
@@ -231,7 +232,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     if carried:
         summary["resumed_from"] = str(resume_from)
         summary["wall_min_this_run"] = summary["wall_min"]
-        summary["wall_min"] = round(summary["wall_min"] + sum(c.get("wall_min", 0) for c in carried), 2)
+        summary["wall_min"] = round(summary["wall_min"] + carried_wall, 2)
     summary["recipe"] = recipe
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     log(event="done", out=str(out_dir), wall_min=summary["wall_min"])
