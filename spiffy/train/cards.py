@@ -49,7 +49,7 @@ def render(model_dir, notes: str = "") -> str:
             "ar": "Reference autoregressive model (same tokenizer and chat template as spiffy-dllm-ref)."}[kind]
     if name == "spiffy-ar-draft":
         role = "Small autoregressive drafter for spiffy-ar-ref (same tokenizer and chat template)."
-    L += [role, "", "**These are tiny models trained for at most an hour on a 2-core CPU: expect weak, often "
+    L += [role, "", "**These are tiny models trained for at most two hours on a 2-core CPU: expect weak, often "
           "wrong or repetitive output. They exist so the decoders can be exercised and timed on real-text "
           "models with the real architectures; they are not useful language models.**", ""]
     L += ["## Architecture", "", _arch(cfg), "", f"Parameters: **{tr.get('params', 'n/a'):,}**." if tr else "", ""]
