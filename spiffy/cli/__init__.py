@@ -11,15 +11,6 @@ def main():
     changing what they generate."""
 
 
-def pin_heap_for_decoding():
-    """Long decode loops (bench, calibrate) pin glibc's mmap threshold so the heap cannot fragment and
-    grow (spiffy.memory). Not done for ``spiffy train``: there it costs a third of the throughput (every
-    megabyte-sized activation becomes an mmap/munmap pair; measured 4,528 -> 3,016 tokens/s)."""
-    from ..memory import pin_mmap_threshold
-
-    pin_mmap_threshold()
-
-
 from . import sample  # noqa: E402,F401  (registers `spiffy sample`)
 from . import train  # noqa: E402,F401  (registers `spiffy train`)
 from . import bench  # noqa: E402,F401  (registers `spiffy bench`)

@@ -78,9 +78,9 @@ def bench_defaults(f):
 def bench(mode, **kw):
     """Benchmark decoders. Default: baseline vs Spiffy per setting and budget (NFE ratio, wall-clock ratio,
     tokens/s, identical-output rate, accepted drafts per round); writes JSON, a markdown table and a plot."""
-    from . import pin_heap_for_decoding
+    from ..memory import pin_mmap_threshold
 
-    pin_heap_for_decoding()
+    pin_mmap_threshold()   # long decode loops (spiffy.memory)
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError

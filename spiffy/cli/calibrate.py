@@ -58,14 +58,14 @@ def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, he
               raw):
     """Trace the baseline on a prompt set, select draft graphs per budget, write versioned artifacts to
     OUT/<model>/<setting>/D<k>.json (+ counts.json, report.json)."""
-    from . import pin_heap_for_decoding
     from ..backends import load_backend
-
-    pin_heap_for_decoding()
     from ..calibration.pipeline import calibrate as run
     from ..datasets import load_prompts
     from ..errors import SpiffyError
+    from ..memory import pin_mmap_threshold
     from ..sampling.config import GenerationConfig
+
+    pin_mmap_threshold()   # long decode loops (spiffy.memory)
 
     try:
         bl = _budgets(budgets)

@@ -28,11 +28,18 @@ def forward_process(input_ids: torch.Tensor, mask_id: int, eps: float = 1e-3, ge
     if t is None:
         t = torch.rand(B, generator=generator, device=input_ids.device)
     p_mask = ((1 - eps) * t + eps)[:, None].expand(B, L)
-    masked = torch.rand(B, L, generator=generator, device=input_ids.device) < p_mask
+    return (*_mask_with(input_ids, p_mask, mask_id, generator, noisable), p_mask)
+
+
+def _mask_with(input_ids, p_mask, mask_id: int, generator=None, noisable=None, forced=None):
+    """Mask each token with probability ``p_mask`` (plus every ``forced`` one), never outside ``noisable``.
+    Returns (noisy ids, masked bool)."""
+    masked = torch.rand(input_ids.shape, generator=generator, device=input_ids.device) < p_mask
+    if forced is not None:
+        masked = masked | forced
     if noisable is not None:
         masked = masked & noisable
-    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-    return noisy, masked, p_mask
+    return torch.where(masked, torch.full_like(input_ids, mask_id), input_ids), masked
 
 
 def block_forward_process(input_ids: torch.Tensor, mask_id: int, answer_start: torch.Tensor,
@@ -57,12 +64,8 @@ def block_forward_process(input_ids: torch.Tensor, mask_id: int, answer_start: t
     in_block = (idx >= lo) & (idx < hi)
     after = idx >= hi
     p_mask = torch.where(after, torch.ones(B, L, device=dev), p_block[:, None].expand(B, L))
-    draw = torch.rand(B, L, generator=generator, device=dev) < p_mask
-    masked = (in_block & draw) | after
-    if noisable is not None:
-        masked = masked & noisable
-    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-    return noisy, masked, p_mask
+    p_draw = torch.where(in_block, p_mask, torch.zeros_like(p_mask))   # the clean blocks before b are never drawn
+    return (*_mask_with(input_ids, p_draw, mask_id, generator, noisable, forced=after), p_mask)
 
 
 def masked_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor,
