@@ -9,9 +9,28 @@ import argparse
 import json
 from pathlib import Path
 
-HARDWARE = ("CPU only: a 2-core AMD EPYC x86 machine with no GPU (none was lent for this task); the torch thread "
-            "count is in the table above, and whether other jobs shared the cores is in the notes. PyTorch "
-            "float32 training; weights saved as bfloat16 safetensors.")
+CPU_HARDWARE = ("CPU only: {name}, no GPU (none was lent for this task); the torch thread count is in the "
+                "table above, and whether other jobs shared the cores is in the notes. PyTorch float32 training; "
+                "weights saved as bfloat16 safetensors.")
+GPU_HARDWARE = ("One GPU: {name} (torch {torch}), bf16 autocast with float32 master weights, trained on the "
+                "device machine from a training-only data pack (`python -m spiffy.train.datapack`, see "
+                "models/device/README.md); weights saved as bfloat16 safetensors. Evaluation ran on the CPU.")
+
+
+def hardware(tr: dict) -> str:
+    gpu = str(tr.get("device", "cpu")).startswith("cuda")
+    name = tr.get("device_name") or ("a GPU" if gpu else "a 2-core AMD EPYC x86 machine")
+    return (GPU_HARDWARE if gpu else CPU_HARDWARE).format(name=name, torch=tr.get("torch_version", "?"))
+
+
+def headline(tr: dict) -> str:
+    if str(tr.get("device", "cpu")).startswith("cuda"):
+        return (f"**These are small models trained for {tr.get('wall_min', '?')} minutes on one GPU: expect weak, "
+                "often wrong output. They exist so the decoders can be exercised and timed on real-text models "
+                "with the real architectures; they are not useful language models.**")
+    return ("**These are tiny models trained for at most two hours on a 2-core CPU: expect weak, often "
+            "wrong or repetitive output. They exist so the decoders can be exercised and timed on real-text "
+            "models with the real architectures; they are not useful language models.**")
 
 
 def _load(p: Path):
@@ -49,9 +68,7 @@ def render(model_dir, notes: str = "") -> str:
             "ar": "Reference autoregressive model (same tokenizer and chat template as spiffy-dllm-ref)."}[kind]
     if name == "spiffy-ar-draft":
         role = "Small autoregressive drafter for spiffy-ar-ref (same tokenizer and chat template)."
-    L += [role, "", "**These are tiny models trained for at most two hours on a 2-core CPU: expect weak, often "
-          "wrong or repetitive output. They exist so the decoders can be exercised and timed on real-text "
-          "models with the real architectures; they are not useful language models.**", ""]
+    L += [role, "", headline(tr), ""]
     L += ["## Architecture", "", _arch(cfg), "", f"Parameters: **{tr.get('params', 'n/a'):,}**." if tr else "", ""]
     L += ["## Data", "",
           "Tokenizer: byte-level BPE, 8192 entries, trained with `tokenizers` on a seeded sample of the "
@@ -94,7 +111,7 @@ def render(model_dir, notes: str = "") -> str:
         else:
             L += ["Objective: next-token cross-entropy (pretraining: all tokens; SFT: answer tokens and the "
                   "closing EOS only).", ""]
-    L += ["## Hardware", "", HARDWARE, ""]
+    L += ["## Hardware", "", hardware(tr), ""]
     if ev:
         L += ["## Held-out evaluation", "", f"Measured by `python -m spiffy.train.evaluate models/{name}` "
               f"(numbers in `eval.json`).", ""]
@@ -155,8 +172,10 @@ def render(model_dir, notes: str = "") -> str:
     cmds.append(f"python -m spiffy.train.cards models/{name}")
     L += ["## Re-training", "", "```"] + cmds + ["```", "",
           "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` shrinks them proportionally. "
-          "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`, untested "
-          "here) the recipe's `cuda` section applies (bf16 autocast, larger model and batches). The evaluation "
+          "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`" +
+          ("" if str(tr.get("device", "")).startswith("cuda") else "; dry-run on the CPU only, no GPU was lent yet") +
+          ") the recipe's `cuda` section applies (bf16 autocast, larger model and batches); "
+          "models/device/README.md trains all three reference models that way in one device call. The evaluation "
           "can be split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "
           "single commands above compute the same numbers."]
     return "\n".join(L) + "\n"

@@ -43,11 +43,19 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path, device: str) -> dict:
+def load_recipe(path, device: str, variant: str = "auto") -> dict:
+    """The recipe at ``path``; its ``cuda`` section overrides the rest when ``variant`` is "cuda", or is
+    "auto" and ``device`` is a GPU ("cpu" never applies it; "cuda" on a CPU is a dry run of the GPU plan)."""
+    if variant not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"recipe variant must be auto, cpu or cuda, not {variant!r}")
     r = json.loads(Path(path).read_text())
-    if torch.device(device).type == "cuda" and "cuda" in r:
+    use = variant == "cuda" or (variant == "auto" and torch.device(device).type == "cuda")
+    if use:
+        if "cuda" not in r:
+            raise ValueError(f"{path} has no 'cuda' section")
         r = _merge(r, r["cuda"])
     r.pop("cuda", None)
+    r["variant"] = "cuda" if use else "cpu"
     return r
 
 
@@ -55,6 +63,24 @@ def resolve_device(device: Optional[str]) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def device_name(device: str) -> str:
+    """What trained the model, for the card: the GPU's name, or the CPU model and core count."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores)"
 
 
 class Logger:
@@ -113,7 +139,7 @@ def build_stage_data(stage: dict, tok, data_dir, seed: int):
 def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Optional[float] = None,
           device: Optional[str] = None, log_path: Optional[str] = None, root: Optional[Path] = None,
           recipe: Optional[dict] = None, resume_from: Optional[str] = None,
-          start_stage: Optional[str] = None) -> dict:
+          start_stage: Optional[str] = None, variant: str = "auto") -> dict:
     """Run a recipe. ``resume_from`` + ``start_stage``: load the weights a previous run of the same recipe
     saved in ``resume_from`` (its training.json must list every stage before ``start_stage``), skip those
     stages and run the rest; the summary carries the earlier stages' records over, marked ``resumed``."""
@@ -121,7 +147,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
 
     root = Path(root) if root else Path.cwd()
     device = resolve_device(device)
-    recipe = recipe if recipe is not None else load_recipe(recipe_path, device)
+    recipe = recipe if recipe is not None else load_recipe(recipe_path, device, variant)
     data_dir = resolve_data_dir(data_dir)
     out_dir = Path(out or recipe.get("out") or (root / "models" / recipe["name"]))
     seed = int(recipe.get("seed", 0))
@@ -165,6 +191,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     mask_id = getattr(model.config, "mask_token_id", None)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     summary = {"name": recipe["name"], "kind": kind, "params": n_params, "device": device,
+               "device_name": device_name(device), "torch_version": torch.__version__,
                "torch_threads": torch.get_num_threads(), "seed": seed, "stages": list(carried)}
     t_run = time.time()
     last_ckpt = time.time()
