@@ -184,3 +184,31 @@ def test_resume_runs_the_remaining_stages_and_carries_the_earlier_records(tmp_pa
     with pytest.raises(ValueError, match="not in the recipe"):
         train(None, data_dir=str(data), out=str(tmp_path / "c"), device="cpu", root=ROOT, recipe=full,
               resume_from=str(tmp_path / "a"), start_stage="nope")
+
+
+def test_max_minutes_is_a_wall_budget_that_includes_data_preparation(tmp_path, monkeypatch):
+    import time
+
+    import spiffy.train.loop as loop
+
+    (tmp_path / "data").mkdir()
+    data = _synthetic(tmp_path / "data")
+    real = loop.build_stage_data
+
+    def slow(*a, **k):
+        time.sleep(2.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "build_stage_data", slow)
+    recipe = _recipe("ar", {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
+                            "num_hidden_layers": 1, "intermediate_size": 64, "max_position_embeddings": 128})
+    for st in recipe["stages"]:
+        st.update(steps=10 ** 9, minutes=10)  # only the budget can stop them
+    t = time.time()
+    summary = loop.train(None, data_dir=str(data), out=str(tmp_path / "o"), device="cpu", root=ROOT, recipe=recipe,
+                         max_minutes=0.15)  # 9 s for two stages that each spend 2 s preparing data
+    wall = time.time() - t
+    # budget + saving; stages scaled without counting the preparation would take 9 + 4 = 13 s
+    assert wall < 9 + 2.5, wall
+    assert summary["stages"][0]["steps"] > 0
+    assert summary["stages"][0]["wall_min"] < 0.15 / 2

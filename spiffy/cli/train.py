@@ -6,7 +6,7 @@ import click
 @click.option("--recipe", required=True, type=click.Path(exists=True, dir_okay=False), help="recipe JSON")
 @click.option("--data-dir", default=None, help="data directory (default: $SPIFFY_DATA or ../shared/data)")
 @click.option("--out", default=None, help="output checkpoint directory (default: models/<recipe name>)")
-@click.option("--max-minutes", type=float, default=None, help="wall-clock budget; stages shrink proportionally")
+@click.option("--max-minutes", type=float, default=None, help="wall-clock budget for the whole run, data preparation included; the stages shrink proportionally to fit")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda uses bf16 autocast and the "
                                               "recipe's 'cuda' overrides)")
 @click.option("--variant", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

@@ -14,6 +14,7 @@ cannot train on it. Each source folder's README (source, licence) is copied alon
 records the row counts and sha256 of what was written. The pack goes in a git-ignored folder (``.data/``).
 
     python -m spiffy.train.datapack [--data-dir DIR] [--out .data/train-pack] [--max-mb 32]
+                                    [--eval-out .data/eval/gsm8k-test-first24.jsonl] [--eval-n 24]
 """
 from __future__ import annotations
 
@@ -70,12 +71,28 @@ def build_pack(data_dir=None, out="./.data/train-pack", max_mb: float = 32.0) ->
     return manifest
 
 
+def write_eval_prompts(data_dir=None, out="./.data/eval/gsm8k-test-first24.jsonl", n: int = 24) -> Path:
+    """The first ``n`` GSM8K test questions as a prompt file (``{"id", "question"}`` rows), for measuring
+    speculatability where the data directory is absent: ``load_prompts(FILE)`` gives the same prompts as
+    ``load_prompts("gsm8k", n)``. Kept outside the pack, which stays training-only."""
+    from ..datasets import load_prompts
+
+    rows = load_prompts("gsm8k", n, data_dir)
+    atomic_write_text(out, "".join(json.dumps({"id": r["id"], "question": r["prompt"]}) + "\n" for r in rows))
+    return Path(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="write a gzipped, training-only copy of the data directory")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=".data/train-pack")
     ap.add_argument("--max-mb", type=float, default=32.0)
+    ap.add_argument("--eval-out", default=".data/eval/gsm8k-test-first24.jsonl",
+                    help="also write the first --eval-n GSM8K test questions here ('' to skip)")
+    ap.add_argument("--eval-n", type=int, default=24)
     a = ap.parse_args(argv)
+    if a.eval_out:
+        print(f"wrote {write_eval_prompts(a.data_dir, a.eval_out, a.eval_n)}")
     m = build_pack(a.data_dir, a.out, a.max_mb)
     print(f"wrote {a.out}: {m['total_bytes'] / 1e6:.1f} MB, " + ", ".join(f"{k} {v['rows']} rows"
                                                                        for k, v in m["files"].items()))

@@ -145,6 +145,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     stages and run the rest; the summary carries the earlier stages' records over, marked ``resumed``."""
     from ..datasets import resolve_data_dir
 
+    t_run = time.time()  # ``max_minutes`` counts from here: data preparation included
     root = Path(root) if root else Path.cwd()
     device = resolve_device(device)
     recipe = recipe if recipe is not None else load_recipe(recipe_path, device, variant)
@@ -186,19 +187,20 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     autocast = torch.device(device).type == "cuda" and recipe.get("amp", "bf16") == "bf16"
     log(event="start", name=recipe["name"], kind=kind, params=n_params, device=device, out=str(out_dir),
         start_stage=start_stage)
-    total_min = sum(s.get("minutes", 0) for s in stages) or None
-    scale = 1.0 if (max_minutes is None or not total_min) else min(1.0, max_minutes / total_min)
     mask_id = getattr(model.config, "mask_token_id", None)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     summary = {"name": recipe["name"], "kind": kind, "params": n_params, "device": device,
                "device_name": device_name(device), "torch_version": torch.__version__,
                "torch_threads": torch.get_num_threads(), "seed": seed, "stages": list(carried)}
-    t_run = time.time()
     last_ckpt = time.time()
     for si, stage in enumerate(stages, start=len(carried)):
         data, info = build_stage_data(stage, tok, data_dir, seed + 100 * si)
         minutes = stage.get("minutes", None)
-        minutes = None if minutes is None else minutes * scale
+        if minutes is not None and max_minutes is not None:
+            # the wall budget includes data preparation: shrink this and the later stages to what is left
+            left = max_minutes - (time.time() - t_run) / 60
+            later = sum(s.get("minutes", 0) for s in stages[si - len(carried):])
+            minutes = max(0.0, minutes * min(1.0, left / later)) if later else minutes
         steps = int(stage.get("steps", 10 ** 9))
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
