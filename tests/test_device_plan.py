@@ -52,7 +52,8 @@ def test_recipe_variants(tmp_path):
     base = RECIPES / "spiffy-dllm-ref.json"
     cpu, gpu = load_recipe(base, "cpu"), load_recipe(base, "cpu", variant="cuda")
     raw = json.loads(base.read_text())
-    assert cpu["model"] == raw["model"] and cpu["variant"] == "cpu" and "cuda" not in cpu
+    assert cpu["model"] == raw["model"] and cpu["variant"] == "base" and "cuda" not in cpu
+    assert load_recipe(base, "cuda", variant="base")["model"] == raw["model"]
     assert gpu["model"]["d_model"] == raw["cuda"]["model"]["d_model"] and gpu["variant"] == "cuda"
     assert gpu["model"]["weight_tying"] == raw["model"]["weight_tying"]           # deep merge keeps the rest
     assert gpu["stages"][0]["sources"]["mbpp"]["weight"] == raw["cuda"]["stages"][0]["sources"]["mbpp"]["weight"]
@@ -63,6 +64,7 @@ def test_recipe_variants(tmp_path):
     bare.write_text(json.dumps({k: v for k, v in raw.items() if k != "cuda"}))
     with pytest.raises(ValueError, match="no 'cuda' section"):
         load_recipe(bare, "cpu", variant="cuda")
+    assert load_recipe(bare, "cuda")["variant"] == "base"  # auto on a GPU: a recipe without one trains as is
 
 
 def _fake_data(d: Path) -> Path:

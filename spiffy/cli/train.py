@@ -6,12 +6,13 @@ import click
 @click.option("--recipe", required=True, type=click.Path(exists=True, dir_okay=False), help="recipe JSON")
 @click.option("--data-dir", default=None, help="data directory (default: $SPIFFY_DATA or ../shared/data)")
 @click.option("--out", default=None, help="output checkpoint directory (default: models/<recipe name>)")
-@click.option("--max-minutes", type=float, default=None, help="wall-clock budget for the whole run, data preparation included; the stages shrink proportionally to fit")
+@click.option("--max-minutes", type=float, default=None,
+              help="wall-clock budget for the whole run, data preparation included; the stages shrink to fit")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda uses bf16 autocast and the "
                                               "recipe's 'cuda' overrides)")
-@click.option("--variant", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="which sizes to train: auto = the recipe's 'cuda' section on a GPU, the base recipe on a CPU; "
-                   "'cuda' on a CPU dry-runs the GPU plan")
+@click.option("--variant", type=click.Choice(["auto", "base", "cuda"]), default="auto", show_default=True,
+              help="which sizes to train: auto = the recipe's 'cuda' section on a GPU, the base recipe on a "
+                   "CPU; 'cuda' on a CPU dry-runs the GPU plan")
 @click.option("--log", "log_path", default=None, help="also append JSON log lines to this file")
 @click.option("--resume-from", default=None, type=click.Path(exists=True, file_okay=False),
               help="checkpoint directory of an earlier run of this recipe (with its training.json)")

@@ -171,7 +171,8 @@ def render(model_dir, notes: str = "") -> str:
         cmds.append(f"python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}")
     cmds.append(f"python -m spiffy.train.cards models/{name}")
     L += ["## Re-training", "", "```"] + cmds + ["```", "",
-          "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` is a wall budget for the whole run, data preparation included, and shrinks the stages proportionally to fit. "
+          "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` is a wall budget for the "
+          "whole run, data preparation included, and shrinks the stages proportionally to fit. "
           "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`" +
           ("" if str(tr.get("device", "")).startswith("cuda") else "; dry-run on the CPU only, no GPU was lent yet") +
           ") the recipe's `cuda` section applies (bf16 autocast, larger model and batches); "

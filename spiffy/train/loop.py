@@ -44,18 +44,19 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_recipe(path, device: str, variant: str = "auto") -> dict:
-    """The recipe at ``path``; its ``cuda`` section overrides the rest when ``variant`` is "cuda", or is
-    "auto" and ``device`` is a GPU ("cpu" never applies it; "cuda" on a CPU is a dry run of the GPU plan)."""
-    if variant not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"recipe variant must be auto, cpu or cuda, not {variant!r}")
+    """The recipe at ``path``. ``variant``: "base" ignores its ``cuda`` section; "cuda" applies it (on a
+    CPU that is a dry run of the GPU plan; an error if the recipe has none); "auto" applies it when
+    ``device`` is a GPU and the recipe has one."""
+    if variant not in ("auto", "base", "cuda"):
+        raise ValueError(f"recipe variant must be auto, base or cuda, not {variant!r}")
     r = json.loads(Path(path).read_text())
-    use = variant == "cuda" or (variant == "auto" and torch.device(device).type == "cuda")
+    if variant == "cuda" and "cuda" not in r:
+        raise ValueError(f"{path} has no 'cuda' section")
+    use = variant == "cuda" or (variant == "auto" and torch.device(device).type == "cuda" and "cuda" in r)
     if use:
-        if "cuda" not in r:
-            raise ValueError(f"{path} has no 'cuda' section")
         r = _merge(r, r["cuda"])
     r.pop("cuda", None)
-    r["variant"] = "cuda" if use else "cpu"
+    r["variant"] = "cuda" if use else "base"
     return r
 
 
