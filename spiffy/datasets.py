@@ -34,12 +34,20 @@ def resolve_data_dir(data_dir=None) -> Path:
     return d
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise ConfigError(f"{path} is missing from the data directory")
+def read_jsonl(path) -> list[dict]:
+    """Rows of a JSONL file; ``X.jsonl`` may also be stored as ``X.jsonl.gz`` (a device data pack)."""
+    path = Path(path)
+    if not path.exists() and path.suffix != ".gz" and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists() and not path.with_name(path.name + ".gz").exists():
+        raise ConfigError(f"{path} is missing from the data directory")
+    return read_jsonl(path)
 
 
 def load_prompts(name: str, limit: Optional[int] = None, data_dir=None) -> list[dict]:

@@ -17,14 +17,18 @@ GPU_HARDWARE = ("One GPU: {name} (torch {torch}), bf16 autocast with float32 mas
                 "models/device/README.md); weights saved as bfloat16 safetensors. Evaluation ran on the CPU.")
 
 
+def _on_gpu(tr: dict) -> bool:
+    return str(tr.get("device", "cpu")).startswith("cuda")
+
+
 def hardware(tr: dict) -> str:
-    gpu = str(tr.get("device", "cpu")).startswith("cuda")
+    gpu = _on_gpu(tr)
     name = tr.get("device_name") or ("a GPU" if gpu else "a 2-core AMD EPYC x86 machine")
     return (GPU_HARDWARE if gpu else CPU_HARDWARE).format(name=name, torch=tr.get("torch_version", "?"))
 
 
 def headline(tr: dict) -> str:
-    if str(tr.get("device", "cpu")).startswith("cuda"):
+    if _on_gpu(tr):
         return (f"**These are small models trained for {tr.get('wall_min', '?')} minutes on one GPU: expect weak, "
                 "often wrong output. They exist so the decoders can be exercised and timed on real-text models "
                 "with the real architectures; they are not useful language models.**")
@@ -174,7 +178,7 @@ def render(model_dir, notes: str = "") -> str:
           "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` is a wall budget for the "
           "whole run, data preparation included, and shrinks the stages proportionally to fit. "
           "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`" +
-          ("" if str(tr.get("device", "")).startswith("cuda") else "; dry-run on the CPU only, no GPU was lent yet") +
+          ("" if _on_gpu(tr) else "; dry-run on the CPU only, no GPU was lent yet") +
           ") the recipe's `cuda` section applies (bf16 autocast, larger model and batches); "
           "models/device/README.md trains all three reference models that way in one device call. The evaluation "
           "can be split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "

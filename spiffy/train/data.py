@@ -6,8 +6,6 @@ here (and asserted). Corpora are read from the data directory, never copied into
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..datasets import MBPP_TEST_IDS
-
-
-def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file; ``X.jsonl`` may also be stored as ``X.jsonl.gz`` (a device data pack)."""
-    path = Path(path)
-    if not path.exists() and path.suffix != ".gz" and path.with_name(path.name + ".gz").exists():
-        path = path.with_name(path.name + ".gz")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from ..datasets import MBPP_TEST_IDS, read_jsonl
 
 
 def stdlib_files(data_dir: Path, split: str = "train", drop_tests: bool = True) -> list[dict]:

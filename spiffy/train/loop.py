@@ -71,17 +71,10 @@ def device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
     import os
-    import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores)"
+    from ..bench.machine import cpu_model
+
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
 class Logger:
@@ -194,13 +187,13 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
                "device_name": device_name(device), "torch_version": torch.__version__,
                "torch_threads": torch.get_num_threads(), "seed": seed, "stages": list(carried)}
     last_ckpt = time.time()
-    for si, stage in enumerate(stages, start=len(carried)):
-        data, info = build_stage_data(stage, tok, data_dir, seed + 100 * si)
+    for i, stage in enumerate(stages):
+        data, info = build_stage_data(stage, tok, data_dir, seed + 100 * (len(carried) + i))
         minutes = stage.get("minutes", None)
         if minutes is not None and max_minutes is not None:
             # the wall budget includes data preparation: shrink this and the later stages to what is left
             left = max_minutes - (time.time() - t_run) / 60
-            later = sum(s.get("minutes", 0) for s in stages[si - len(carried):])
+            later = sum(s.get("minutes", 0) for s in stages[i:])
             minutes = max(0.0, minutes * min(1.0, left / later)) if later else minutes
         steps = int(stage.get("steps", 10 ** 9))
         params = [p for p in model.parameters() if p.requires_grad]
