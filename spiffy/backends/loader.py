@@ -70,13 +70,18 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 def resolve_path(path_or_id: Optional[str]) -> Path:
-    """A local directory, or a hub snapshot downloaded to the cache. Fails with a clear message."""
+    """A local directory, a named model prepared by `spiffy models fetch`, or a hub snapshot downloaded to
+    the cache. Fails with a clear message."""
     if path_or_id is None:
         p = default_model_path()
         if not (p / "config.json").exists():
             raise ModelLoadError(
                 f"the bundled reference model is missing at {p}; pass --model PATH_OR_ID or --model tiny-llada")
         return p
+    from ..named_models import is_named, resolve_named
+
+    if is_named(path_or_id):
+        return resolve_named(path_or_id)
     p = Path(path_or_id).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
