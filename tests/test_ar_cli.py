@@ -64,7 +64,7 @@ def test_bench_ar(target_dir, tmp_path):
                                   "--dataset", str(prompts), "--gen-length", "10", "--raw",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    res = json.loads((tmp_path / "out" / "ar_bench.json").read_text())
-    assert {row["strategy"] for row in res["rows"]} == {"target", "dllm", "adaptive", "tree"}
+    res = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {row["strategy"] for row in res["rows"]} == {"plain", "hf_generate", "dllm", "adaptive", "tree"}
     assert all(row["identical_rate"] == 1.0 for row in res["rows"])
-    assert (tmp_path / "out" / "ar_bench.md").exists()
+    assert (tmp_path / "out" / "bench.md").exists()

@@ -4,6 +4,7 @@ from .adaptive import AdaptiveLength
 from .ar_drafter import ARDrafter
 from .decode import ARDecodeConfig, generate_ar, hf_generate
 from .drafter import DLLMDrafter, Draft
+from .lookup import PromptLookupDrafter
 from .ngram import NGramModel, build_ngram
 from .path_search import PathSearchConfig, causal_path_search
 from .result import ARResult
@@ -12,7 +13,7 @@ from .tree import DraftTree, ancestor_mask, branch_points, rejection_scores
 from .vocab import check_tokenizers
 from .pair import load_pair, make_drafter
 
-__all__ = ["ARTarget", "TargetState", "load_causal_lm", "DLLMDrafter", "ARDrafter", "Draft", "ARDecodeConfig",
+__all__ = ["ARTarget", "TargetState", "load_causal_lm", "DLLMDrafter", "ARDrafter", "PromptLookupDrafter", "Draft", "ARDecodeConfig",
            "generate_ar", "hf_generate", "ARResult", "NGramModel", "build_ngram", "PathSearchConfig",
            "causal_path_search", "AdaptiveLength", "DraftTree", "ancestor_mask", "branch_points",
            "rejection_scores", "check_tokenizers", "load_pair", "make_drafter"]

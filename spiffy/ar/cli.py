@@ -9,7 +9,8 @@ import json
 
 import click
 
-AR_SAMPLE_PARAMS = ("target", "drafter", "draft_length", "adaptive", "path_search", "tree", "drafter_steps")
+AR_SAMPLE_PARAMS = ("target", "drafter", "draft_length", "adaptive", "min_draft", "max_draft", "path_search", "tree",
+                    "drafter_steps")
 
 
 def ar_sample_options(f):
@@ -18,12 +19,17 @@ def ar_sample_options(f):
                      help="AR-verifier mode: a causal-LM target (checkpoint dir or hub id) whose output is kept "
                           "exactly; --drafter (default: --model) drafts for it."),
         click.option("--drafter", default=None,
-                     help="AR mode: drafter checkpoint (a LLaDA/Dream dLLM, or a small causal LM for classic "
-                          "speculative decoding) [default: --model, else the bundled reference dLLM]."),
+                     help="AR mode: `ngram` (model-free prompt lookup), a drafter checkpoint (a LLaDA/Dream dLLM, "
+                          "or a small causal LM for classic speculative decoding) [default: the best drafter for a "
+                          "named target (ngram for smollm2-135m-instruct), else --model, else the bundled dLLM]."),
         click.option("--draft-length", type=int, default=None, help="AR mode: draft length γ [default: 8]."),
-        click.option("--adaptive", is_flag=True, help="AR mode: DiffuSpec adaptive draft length (γ in [20, 30])."),
+        click.option("--adaptive", is_flag=True, help="AR mode: DiffuSpec adaptive draft length (γ in "
+                                                      "[--min-draft, --max-draft])."),
+        click.option("--min-draft", type=int, default=20, show_default=True, help="AR mode: adaptive γ lower bound."),
+        click.option("--max-draft", type=int, default=30, show_default=True, help="AR mode: adaptive γ upper bound."),
         click.option("--path-search", is_flag=True,
-                     help="AR mode: DiffuSpec causal-consistency path search (needs models/ngram/ref-3gram.npz)."),
+                     help="AR mode: DiffuSpec causal-consistency path search (with the shipped n-gram model "
+                          "built for the target's tokenizer)."),
         click.option("--tree", type=int, default=0, show_default=True,
                      help="AR mode: D²SD draft tree with this many branches (0 = one chain)."),
         click.option("--drafter-steps", type=int, default=1, show_default=True,
@@ -34,11 +40,11 @@ def ar_sample_options(f):
     return f
 
 
-def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, draft_length, adaptive, path_search,
-                  tree, drafter_steps, gen_length, temperature, seed, **_):
+def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, draft_length, adaptive, min_draft,
+                  max_draft, path_search, tree, drafter_steps, gen_length, temperature, seed, **_):
     from ..errors import ConfigError, SpiffyError
     from .decode import ARDecodeConfig, generate_ar
-    from .pair import load_drafter_model, make_drafter
+    from .pair import default_drafter_name, load_drafter_model, make_drafter
     from .target import load_causal_lm
 
     def fail(msg):
@@ -49,10 +55,10 @@ def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, d
         if adaptive and draft_length is not None:
             raise ConfigError("give --draft-length or --adaptive, not both")
         cfg = ARDecodeConfig(max_new_tokens=gen_length, draft_length=8 if draft_length is None else draft_length,
-                             adaptive=adaptive, path_search=path_search, tree=tree, drafter_steps=drafter_steps,
-                             temperature=temperature, seed=seed).check()
+                             adaptive=adaptive, min_draft=min_draft, max_draft=max_draft, path_search=path_search,
+                             tree=tree, drafter_steps=drafter_steps, temperature=temperature, seed=seed).check()
         tgt = load_causal_lm(target, device=device, dtype=dtype)
-        dsrc = drafter or model
+        dsrc = drafter or model or default_drafter_name(target)
         if dsrc is None:
             from ..backends.loader import default_model_path
 

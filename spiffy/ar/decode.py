@@ -39,7 +39,7 @@ class ARDecodeConfig:
     tau: float = 0.8
     max_candidates: int = 15
     lam: float = 0.5
-    ngram: Optional[str] = None    # n-gram artifact path [default: models/ngram/ref-3gram.npz]
+    ngram: Optional[str] = None    # n-gram artifact path [default: the shipped one built with the target's tokenizer]
     tree: int = 0                  # D²SD draft-tree branches (0 = a single chain)
     drafter_steps: int = 1         # denoising steps of a dLLM drafter
     temperature: float = 0.0       # 0 = greedy
@@ -76,7 +76,7 @@ def strategy_name(drafter, cfg: ARDecodeConfig) -> str:
         return "target"
     if getattr(drafter, "kind", "") == "ar":
         return "ar-drafter"
-    parts = ["dllm"]
+    parts = ["ngram" if getattr(drafter, "kind", "") == "lookup" else "dllm"]
     if cfg.path_search:
         parts.append("path")
     if cfg.adaptive:
@@ -114,7 +114,7 @@ class _Proposer:
         self.g = generator
         self.sample = cfg.temperature > 0
         # drafts whose tokens are chosen deterministically are verified as point masses
-        self.point_mass = cfg.path_search or cfg.tree > 0
+        self.point_mass = cfg.path_search or cfg.tree > 0 or getattr(drafter, "deterministic", False)
 
     def chain(self, prefix, gamma):
         """(tokens, q or None, drafted length before the first stop token)."""
@@ -122,7 +122,7 @@ class _Proposer:
         if cfg.path_search:
             dr = self.d.draft(prefix, gamma, self.g, sample=False)
             raw = dr.tokens
-            toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop))
+            toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop)) if raw else []
             conf = dr.q[torch.arange(len(toks)), torch.tensor(toks)] if toks else dr.conf[:0]
             return toks, None, dr, conf, self._before_stop(raw)
         dr = self.d.draft(prefix, gamma, self.g, sample=self.sample and not self.point_mass)
@@ -137,6 +137,9 @@ class _Proposer:
         return len(toks)
 
     def tree(self, prefix, gamma):
+        if hasattr(self.d, "draft_tree"):   # a drafter that builds its own tree (prompt lookup's trie)
+            tree, best = self.d.draft_tree(prefix, gamma, self.cfg.tree, self.stop)
+            return tree, self._before_stop(best)
         toks, _, dr, conf, before = self.chain(prefix, gamma)
         tree = DraftTree()
         tree.add_chain(-1, toks, self.stop)
@@ -181,9 +184,9 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     if kind == "ar" and (cfg.path_search or cfg.tree):
         raise ConfigError("path search and draft trees need a diffusion drafter (got an AR drafter)")
     if cfg.path_search and ngram is None:
-        from .ngram import DEFAULT_NGRAM_PATH, NGramModel
+        from .ngram import NGramModel
 
-        ngram = NGramModel.load(cfg.ngram or DEFAULT_NGRAM_PATH, target.tokenizer)
+        ngram = NGramModel.for_tokenizer(target.tokenizer, cfg.ngram)
     g = torch.Generator().manual_seed(int(cfg.seed))
     sample = cfg.temperature > 0
     ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,

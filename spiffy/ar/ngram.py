@@ -105,6 +105,24 @@ class NGramModel:
             raise ArtifactError(f"n-gram model {path} was built with a different tokenizer than the target's")
         return model
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, path=None) -> "NGramModel":
+        """``path`` if given, else the shipped artifact (models/ngram/*.npz) built with ``tokenizer``."""
+        if path is not None:
+            return cls.load(path, tokenizer)
+        want = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
+        shipped = sorted(DEFAULT_NGRAM_PATH.parent.glob("*.npz"))
+        for cand in [DEFAULT_NGRAM_PATH] + [c for c in shipped if c != DEFAULT_NGRAM_PATH]:
+            try:
+                with np.load(cand) as z:
+                    fp = json.loads(bytes(z["meta"]).decode()).get("fingerprint", "")
+            except Exception:
+                continue
+            if want is None or fp == want:
+                return cls.load(cand, tokenizer)
+        raise ArtifactError(f"no shipped n-gram model in {DEFAULT_NGRAM_PATH.parent} was built with this tokenizer: "
+                            "build one with `python -m spiffy.ar.ngram --tokenizer DIR --out PATH` and pass it")
+
     # ---- scoring
     @staticmethod
     def _lookup(keys: np.ndarray, vals: np.ndarray, q: np.ndarray) -> np.ndarray:

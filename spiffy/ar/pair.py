@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .ar_drafter import ARDrafter
 from .drafter import DLLMDrafter
+from .lookup import PromptLookupDrafter
 from .target import ARTarget, load_causal_lm
 from .vocab import check_tokenizers
 
@@ -26,12 +27,27 @@ def _is_dllm(path_or_id: str) -> bool:
     return False
 
 
+LOOKUP_NAMES = ("ngram", "prompt-lookup")
+
+
+def default_drafter_name(target_path) -> str | None:
+    """The best drafter this project has for a named target (None: no preference, use --model / the
+    bundled dLLM)."""
+    from ..named_models import spec_of
+
+    spec = spec_of(target_path)
+    return spec.default_drafter if spec is not None else None
+
+
 def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float = 0.0, cache: str = "prefix",
                  extra_masks: int = 0):
-    """Wrap a loaded drafter (a DiffusionBackend or an ARTarget) after checking its tokenizer."""
+    """Wrap a loaded drafter (a DiffusionBackend or an ARTarget, or the name ``ngram`` for model-free
+    prompt lookup) after checking its tokenizer."""
     from ..backends.backend import DiffusionBackend
 
-    if isinstance(drafter, (DLLMDrafter, ARDrafter)):
+    if isinstance(drafter, str) and drafter.lower() in LOOKUP_NAMES:
+        return PromptLookupDrafter(target.vocab_size)
+    if isinstance(drafter, (DLLMDrafter, ARDrafter, PromptLookupDrafter)):
         return drafter
     tok = getattr(drafter, "tokenizer", None)
     check_tokenizers(target.tokenizer, tok, target.name, getattr(drafter, "name", "drafter"))
@@ -44,6 +60,9 @@ def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float =
 
 
 def load_drafter_model(path_or_id: str, device: str = "cpu", dtype=None):
+    """A loaded drafter model; the name ``ngram`` (prompt lookup, no model) is passed through."""
+    if isinstance(path_or_id, str) and path_or_id.lower() in LOOKUP_NAMES:
+        return path_or_id.lower()
     if _is_dllm(path_or_id):
         from ..backends import load_backend
 
@@ -53,7 +72,8 @@ def load_drafter_model(path_or_id: str, device: str = "cpu", dtype=None):
 
 def load_pair(target_path: str, drafter_path: str, device: str = "cpu", dtype=None, steps: int = 1,
               temperature: float = 0.0, cache: str = "prefix"):
-    """(ARTarget, drafter) — a DLLMDrafter for a LLaDA/Dream checkpoint, else a classic ARDrafter."""
+    """(ARTarget, drafter) — prompt lookup for ``ngram``, a DLLMDrafter for a LLaDA/Dream checkpoint, else a
+    classic ARDrafter."""
     target = load_causal_lm(target_path, device=device, dtype=dtype)
     drafter = make_drafter(load_drafter_model(drafter_path, device, dtype), target, steps, temperature, cache)
     return target, drafter

@@ -1,30 +1,49 @@
-"""`spiffy bench --mode ar`: dLLM drafters (and a classic small-AR drafter) for an AR target.
+"""`spiffy bench --mode ar`: drafters for an AR target, side by side with the target's own decoders.
 
-For each prompt the target's plain greedy decoding (our cached loop, the wall-clock baseline) and
-its own transformers ``generate`` (the reference output) run first; then every strategy decodes the
-same prompt. Reported per strategy and dataset: mean tokens per target call (accepted drafts + the
-target's own token), target and drafter calls, tokens/s, the wall-clock ratio vs plain decoding, and
-the rate of outputs identical to the target's ``generate``. Writes ``ar_bench.json``, ``ar_bench.md``
-and ``ar_bench.png``.
+For each prompt, in one run on one machine, the target's plain greedy decoding in this project (the
+wall-clock baseline, row ``plain``), its transformers ``generate(do_sample=False)`` (the reference
+output, row ``hf_generate``), transformers' own prompt-lookup decoding (row ``hf_prompt_lookup``, the
+best of the ``--hf-lookup-tokens`` settings per dataset; each setting also gets a row) and every
+strategy of this project decode the same prompt back to back. Strategies:
+
+- ``ngram``, ``ngram+adaptive``, ``ngram+tree``, ``ngram+path``: model-free prompt lookup
+  (:mod:`spiffy.ar.lookup`) as a chain, with adaptive length, as a trie of candidates, with DiffuSpec's
+  path search over the candidates' lattice;
+- ``dllm``, ``path``, ``adaptive``, ``path+adaptive``, ``tree``: a diffusion drafter sharing the
+  target's tokenizer (SpecDiff, DiffuSpec, D²SD);
+- ``ar``: a small AR drafter (classic speculative decoding).
+
+Reported per strategy and dataset: tokens per target call (accepted drafts + the target's own token),
+target and drafter calls, tokens/s, the median and total wall-clock ratio against ``plain``, the rate
+of outputs identical to ``hf_generate``, and where the time went (target forwards, drafter, the rest).
+Writes ``bench.json`` (``rows``: one per strategy and dataset), ``bench.md`` and ``bench.png``.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
 import click
 
+# strategy -> (drafter kind, ARDecodeConfig overrides)
 STRATEGIES = {
-    "dllm": dict(),
-    "path": dict(path_search=True),
-    "adaptive": dict(adaptive=True),
-    "path+adaptive": dict(path_search=True, adaptive=True),
-    "tree": dict(tree=4),
-    "ar": dict(),
+    "ngram": ("ngram", dict()),
+    "ngram+adaptive": ("ngram", dict(adaptive=True)),
+    "ngram+tree": ("ngram", dict(tree=4)),
+    "ngram+path": ("ngram", dict(path_search=True)),
+    "dllm": ("dllm", dict()),
+    "path": ("dllm", dict(path_search=True)),
+    "adaptive": ("dllm", dict(adaptive=True)),
+    "path+adaptive": ("dllm", dict(path_search=True, adaptive=True)),
+    "tree": ("dllm", dict(tree=4)),
+    "ar": ("ar", dict()),
+    "hf_prompt_lookup": ("hf", dict()),
 }
-DEFAULT_STRATEGIES = "dllm,path,adaptive,path+adaptive,tree,ar"
+DLLM_DEFAULT = "dllm,path,adaptive,path+adaptive,tree,ar"
+LOOKUP_DEFAULT = "ngram,ngram+adaptive,ngram+tree,ngram+path,hf_prompt_lookup"
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -33,11 +52,13 @@ def ar_click_options() -> list:
     """The options `spiffy bench` adds for ``--mode ar`` (see spiffy/cli/bench.py AR_OPTIONS)."""
     return [
         click.option("--target", "ar_target", default=None,
-                     help="[ar] AR target checkpoint [default: models/spiffy-ar-ref]."),
+                     help="[ar] AR target: checkpoint, hub id or a name such as smollm2-135m-instruct "
+                          "[default: models/spiffy-ar-ref]."),
         click.option("--ar-drafter", default=None,
                      help="[ar] Small AR drafter for the classic baseline [default: models/spiffy-ar-draft]."),
-        click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True,
-                     help="[ar] Comma-separated: dllm, path, adaptive, path+adaptive, tree, ar."),
+        click.option("--strategies", default=None,
+                     help=f"[ar] Comma-separated, from: {', '.join(STRATEGIES)} [default: {LOOKUP_DEFAULT} for a "
+                          f"named target without --model, else {DLLM_DEFAULT}]."),
         click.option("--draft-length", "draft_length", type=int, default=8, show_default=True,
                      help="[ar] Draft length γ (fixed-length strategies; the AR drafter uses --ar-draft-length)."),
         click.option("--ar-draft-length", type=int, default=4, show_default=True,
@@ -45,11 +66,19 @@ def ar_click_options() -> list:
         click.option("--tree-branches", type=int, default=4, show_default=True, help="[ar] Branches of the tree."),
         click.option("--drafter-steps", type=int, default=1, show_default=True,
                      help="[ar] Denoising steps of the dLLM drafter."),
-        click.option("--min-draft", type=int, default=20, show_default=True, help="[ar] Adaptive γ lower bound."),
-        click.option("--max-draft", type=int, default=30, show_default=True, help="[ar] Adaptive γ upper bound."),
+        click.option("--min-draft", type=int, default=20, show_default=True, help="[ar] Adaptive γ lower bound (dLLM)."),
+        click.option("--max-draft", type=int, default=30, show_default=True, help="[ar] Adaptive γ upper bound (dLLM)."),
+        click.option("--lookup-min-draft", type=int, default=2, show_default=True,
+                     help="[ar] Adaptive γ lower bound (prompt lookup)."),
+        click.option("--lookup-max-draft", type=int, default=16, show_default=True,
+                     help="[ar] Adaptive γ upper bound (prompt lookup)."),
+        click.option("--hf-lookup-tokens", default="3,10", show_default=True,
+                     help="[ar] transformers prompt_lookup_num_tokens settings to run (the best is reported as "
+                          "hf_prompt_lookup)."),
         click.option("--extra-masks", type=int, default=0, show_default=True,
                      help="[ar] Masks appended after the drafted slots (context only, never drafted)."),
-        click.option("--ngram", default=None, help="[ar] n-gram artifact [default: models/ngram/ref-3gram.npz]."),
+        click.option("--ngram", default=None,
+                     help="[ar] n-gram artifact for path search [default: the shipped one for the target's tokenizer]."),
     ]
 
 
@@ -58,19 +87,80 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES, draft_length=8,
-                 ar_draft_length=4, tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, ngram=None,
-                 extra_masks=0, model=None, datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256,
-                 out_dir=None, threads=None, raw=False, device="cpu", dtype="auto", seed=0, temperature=0.0,
-                 echo=True, **_ignored) -> dict:
+def _ints(text: str, what: str) -> list:
+    from ..errors import ConfigError
+
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers (got {text!r})") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{what} must be integers >= 1 (got {text!r})")
+    return vals
+
+
+class _ForwardCounter:
+    """Counts forwards of a transformers model (for transformers' own decoders, which do not report them)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+
+def _hf_run(target, counter, ids, gen_length, lookup_tokens=None) -> dict:
+    """transformers ``generate(do_sample=False)``, plain or with prompt lookup; tokens up to the first stop."""
+    import torch
+
+    from ..ar.decode import _cut_after_stop
+
+    x = torch.tensor([ids], dtype=torch.long, device=target.device)
+    eos = target.stop_ids or None
+    kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=gen_length, do_sample=False, eos_token_id=eos,
+              pad_token_id=eos[0] if eos else 0)
+    if lookup_tokens:
+        kw["prompt_lookup_num_tokens"] = lookup_tokens
+    c0 = counter.n
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = target.model.generate(x, **kw)
+    wall = time.perf_counter() - t0
+    toks = _cut_after_stop(out[0, len(ids):].tolist(), set(target.stop_ids))
+    calls = counter.n - c0
+    # transformers' prefill already yields the first token, so every forward is a round
+    return {"tokens": toks, "wall_s": wall, "target_calls": calls, "rounds": max(1, calls)}
+
+
+def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_steps, extra_masks):
+    from ..ar.pair import load_drafter_model, make_drafter
+    from ..backends import load_backend
+
+    out = {}
+    if "ngram" in kinds:
+        out["ngram"] = make_drafter("ngram", target)
+    if "dllm" in kinds:
+        out["dllm"] = make_drafter(load_backend(model, device=device, dtype=dtype), target, steps=drafter_steps,
+                                   extra_masks=extra_masks)
+    if "ar" in kinds:
+        apath = ar_drafter or str(_REPO / "models" / "spiffy-ar-draft")
+        out["ar"] = make_drafter(load_drafter_model(apath, device, dtype), target)
+    return out
+
+
+def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=8, ar_draft_length=4,
+                 tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, lookup_min_draft=2,
+                 lookup_max_draft=16, hf_lookup_tokens="3,10", ngram=None, extra_masks=0, model=None,
+                 datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256, out_dir=None, threads=None,
+                 raw=False, device="cpu", dtype="auto", seed=0, temperature=0.0, echo=True, **_ignored) -> dict:
     """Run the AR-verifier benchmark; returns the result dict (also written to ``out_dir``)."""
     import torch
 
-    from ..ar import ARDecodeConfig, generate_ar, hf_generate
-    from ..ar.ngram import DEFAULT_NGRAM_PATH, NGramModel
-    from ..ar.pair import load_drafter_model, make_drafter
+    from ..ar import ARDecodeConfig, generate_ar
+    from ..ar.ngram import NGramModel
+    from ..ar.pair import default_drafter_name
     from ..ar.target import load_causal_lm
-    from ..backends import load_backend
     from ..datasets import load_prompts
     from ..errors import ConfigError
     from .machine import machine_info
@@ -78,69 +168,88 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES,
     say = (lambda s: click.echo(s, err=True)) if echo else (lambda s: None)
     if threads:
         torch.set_num_threads(threads)
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown:
-        raise ConfigError(f"unknown strategies {unknown}: choose from {sorted(STRATEGIES)}")
     if temperature:
         raise ConfigError("the AR benchmark measures greedy decoding (identical-output rate); use --temperature 0")
+    if strategies is None:
+        named_default = default_drafter_name(ar_target) if ar_target else None
+        strategies = LOOKUP_DEFAULT if (named_default == "ngram" and model is None) else DLLM_DEFAULT
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(f"unknown strategies {unknown or strategies!r}: choose from {', '.join(STRATEGIES)}")
+    hf_ks = _ints(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
     tpath = ar_target or str(_REPO / "models" / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
-    dllm = make_drafter(load_backend(model, device=device, dtype=dtype), target, steps=drafter_steps,
-                        extra_masks=extra_masks)
-    ar = None
-    if "ar" in names:
-        apath = ar_drafter or str(_REPO / "models" / "spiffy-ar-draft")
-        ar = make_drafter(load_drafter_model(apath, device, dtype), target)
+    drafters = _load_drafters({STRATEGIES[s][0] for s in names}, target, model, ar_drafter, device, dtype,
+                              drafter_steps, extra_masks)
     ng = None
-    if any(STRATEGIES[s].get("path_search") for s in names):
-        ng = NGramModel.load(ngram or DEFAULT_NGRAM_PATH, target.tokenizer)
+    if any(STRATEGIES[s][1].get("path_search") for s in names):
+        ng = NGramModel.for_tokenizer(target.tokenizer, ngram)
     base = ARDecodeConfig(max_new_tokens=gen_length, draft_length=draft_length, drafter_steps=drafter_steps,
                           min_draft=min_draft, max_draft=max_draft, seed=seed, tree=0).check()
     cfgs = {}
     for s in names:
-        kw = dict(STRATEGIES[s])
-        if s == "tree":
+        kind, kw = STRATEGIES[s]
+        if kind == "hf":
+            continue
+        kw = dict(kw)
+        if kw.get("tree"):
             kw["tree"] = tree_branches
-        if s == "ar":
+        if kind == "ar":
             kw["draft_length"] = ar_draft_length
+        if kind == "ngram" and kw.get("adaptive"):
+            kw.update(min_draft=lookup_min_draft, max_draft=lookup_max_draft)
         cfgs[s] = ARDecodeConfig(**{**base.to_dict(), **kw}).check()
     sets = {name: load_prompts(name, limit, data_dir) for name in datasets}
+    counter = _ForwardCounter(target.model)
 
     # warm-up (first calls pay one-off costs)
     w = target.encode_prompt("warm up", chat=not raw)
     generate_ar(target, None, w, max_new_tokens=4)
-    generate_ar(target, dllm, w, max_new_tokens=4, draft_length=2)
+    for d in drafters.values():
+        generate_ar(target, d, w, max_new_tokens=4, draft_length=2)
+    _hf_run(target, counter, w, 4, hf_ks[0] if hf_ks else None)
 
+    hf_rows = [f"hf_prompt_lookup[k={k}]" for k in hf_ks]
+    ours = [s for s in names if s != "hf_prompt_lookup"]
     rows, per_prompt = [], []
     for dname, prompts in sets.items():
         say(f"[{dname}] {len(prompts)} prompts")
-        acc = {s: [] for s in ["target"] + names}
+        acc = {s: [] for s in ["plain", "hf_generate"] + hf_rows + ours}
         for i, row in enumerate(prompts):
             ids = target.encode_prompt(row["prompt"], chat=not raw)
-            t0 = time.perf_counter()
-            ref = hf_generate(target, ids, gen_length)
-            hf_s = time.perf_counter() - t0
+            hf = _hf_run(target, counter, ids, gen_length)
+            ref = hf["tokens"]
             plain = generate_ar(target, None, ids, base)
-            rec = {"dataset": dname, "id": row["id"], "prompt_tokens": len(ids), "hf_generate_s": hf_s,
-                   "runs": {"target": _summ(plain, ref, plain.wall_s)}}
-            acc["target"].append(rec["runs"]["target"])
-            for s in names:
-                r = generate_ar(target, ar if s == "ar" else dllm, ids, cfgs[s], ngram=ng)
+            rec = {"dataset": dname, "id": row["id"], "prompt_tokens": len(ids), "runs": {}}
+            rec["runs"]["plain"] = _summ(plain, ref, plain.wall_s)
+            rec["runs"]["hf_generate"] = _summ_hf(hf, ref, plain.wall_s)
+            for k, rname in zip(hf_ks, hf_rows):
+                rec["runs"][rname] = _summ_hf(_hf_run(target, counter, ids, gen_length, k), ref, plain.wall_s)
+            for s in ours:
+                r = generate_ar(target, drafters[STRATEGIES[s][0]], ids, cfgs[s], ngram=ng)
                 rec["runs"][s] = _summ(r, ref, plain.wall_s)
-                acc[s].append(rec["runs"][s])
+            for s, run in rec["runs"].items():
+                acc[s].append(run)
             per_prompt.append(rec)
             say(f"  {i + 1}/{len(prompts)} {row['id']}: " + " ".join(
-                f"{s}={rec['runs'][s]['mean_accepted']:.2f}/{rec['runs'][s]['speedup']:.2f}x" for s in names))
-        for s, runs in acc.items():
-            rows.append(_aggregate(dname, s, runs))
-    result = {"machine": machine_info(device), "target": target.name, "drafter": dllm.name,
-              "ar_drafter": ar.name if ar is not None else None,
+                f"{s}={run['tokens_per_target_call']:.2f}/{run['speedup']:.2f}x"
+                for s, run in rec["runs"].items() if s != "plain"))
+        drows = [_aggregate(dname, s, runs) for s, runs in acc.items()]
+        if hf_rows:   # transformers' prompt lookup at its best setting on this dataset
+            best = max((r for r in drows if r["strategy"] in hf_rows), key=lambda r: r["wall_ratio_median"])
+            drows.append({**best, "strategy": "hf_prompt_lookup", "setting": best["strategy"]})
+        rows += drows
+    counter.handle.remove()
+    result = {"machine": machine_info(device), "target": target.name,
+              "drafters": {k: d.name for k, d in drafters.items()},
               "args": {"datasets": list(datasets), "limit": limit, "gen_length": gen_length,
                        "draft_length": draft_length, "ar_draft_length": ar_draft_length,
                        "tree_branches": tree_branches, "drafter_steps": drafter_steps, "extra_masks": extra_masks,
-                       "adaptive_bounds": [min_draft, max_draft], "threads": torch.get_num_threads(),
-                       "strategies": names, "configs": {s: c.to_dict() for s, c in cfgs.items()}},
+                       "adaptive_bounds": [min_draft, max_draft],
+                       "lookup_adaptive_bounds": [lookup_min_draft, lookup_max_draft], "hf_lookup_tokens": hf_ks,
+                       "threads": torch.get_num_threads(), "strategies": names,
+                       "configs": {s: c.to_dict() for s, c in cfgs.items()}},
               "rows": rows, "prompts": per_prompt}
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-ar-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = write_ar_outputs(result, out)
@@ -153,36 +262,61 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=DEFAULT_STRATEGIES,
 
 def _summ(r, ref, plain_s) -> dict:
     return {"tokens": len(r.token_ids), "identical": r.token_ids == ref, "target_calls": r.target_calls,
-            "drafter_calls": r.drafter_calls, "rounds": r.rounds, "mean_accepted": r.mean_accepted,
-            "wall_s": r.wall_s, "target_s": r.target_s, "drafter_s": r.drafter_s,
+            "drafter_calls": r.drafter_calls, "rounds": r.rounds,
+            "tokens_per_target_call": len(r.token_ids) / max(1, r.rounds),
+            "accepted": list(r.accepted), "wall_s": r.wall_s, "target_s": r.target_s, "drafter_s": r.drafter_s,
             "speedup": plain_s / r.wall_s if r.wall_s > 0 else 0.0}
+
+
+def _summ_hf(h, ref, plain_s) -> dict:
+    return {"tokens": len(h["tokens"]), "identical": h["tokens"] == ref, "target_calls": h["target_calls"],
+            "drafter_calls": 0, "rounds": h["rounds"], "tokens_per_target_call": len(h["tokens"]) / h["rounds"],
+            "accepted": [], "wall_s": h["wall_s"], "target_s": None, "drafter_s": 0.0,
+            "speedup": plain_s / h["wall_s"] if h["wall_s"] > 0 else 0.0}
 
 
 def _aggregate(dataset, strategy, runs) -> dict:
     tokens = sum(x["tokens"] for x in runs)
     rounds = sum(x["rounds"] for x in runs)
     wall = sum(x["wall_s"] for x in runs)
+    timed = all(x["target_s"] is not None for x in runs)
+    target_s = sum(x["target_s"] for x in runs) if timed else None
+    drafter_s = sum(x["drafter_s"] for x in runs)
+    by_pos: list = []   # rounds that accepted at least i+1 draft tokens
+    for x in runs:
+        for a in x["accepted"]:
+            for i in range(a):
+                if i == len(by_pos):
+                    by_pos.append(0)
+                by_pos[i] += 1
+    n_rounds = sum(len(x["accepted"]) for x in runs)
     return {"dataset": dataset, "strategy": strategy, "prompts": len(runs), "tokens": tokens,
-            "mean_accepted": tokens / max(1, rounds),
+            "tokens_per_target_call": tokens / max(1, rounds), "mean_accepted": tokens / max(1, rounds),
             "target_calls": _mean(x["target_calls"] for x in runs),
             "drafter_calls": _mean(x["drafter_calls"] for x in runs),
             "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall,
-            "target_s": sum(x["target_s"] for x in runs), "drafter_s": sum(x["drafter_s"] for x in runs),
+            "wall_ratio_median": statistics.median(x["speedup"] for x in runs) if runs else 0.0,
+            "target_s": target_s, "drafter_s": drafter_s,
+            "other_s": (wall - target_s - drafter_s) if timed else None,
+            "accepted_at_position": [c / n_rounds for c in by_pos] if n_rounds else [],
             "identical_rate": _mean(1.0 if x["identical"] else 0.0 for x in runs)}
 
 
 def markdown_table(result: dict) -> str:
     rows = result["rows"]
-    plain = {(r["dataset"]): r for r in rows if r["strategy"] == "target"}
+    plain = {r["dataset"]: r for r in rows if r["strategy"] == "plain"}
     lines = ["| dataset | strategy | tokens/target call | target calls | drafter calls | tokens/s | "
-             "wall-clock speedup vs plain | identical |",
-             "|---|---|---|---|---|---|---|---|"]
+             "wall-clock vs plain (median) | (total) | time: target / drafter / rest | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = plain.get(r["dataset"])
-        sp = p["wall_s"] / r["wall_s"] if p and r["wall_s"] > 0 else 0.0
-        lines.append(f"| {r['dataset']} | {r['strategy']} | {r['mean_accepted']:.2f} | {r['target_calls']:.1f} | "
-                     f"{r['drafter_calls']:.1f} | {r['tokens_per_s']:.1f} | {sp:.2f}x | "
-                     f"{100 * r['identical_rate']:.0f}% |")
+        total = p["wall_s"] / r["wall_s"] if p and r["wall_s"] > 0 else 0.0
+        name = r["strategy"] + (f" ({r['setting']})" if r.get("setting") else "")
+        split = "—" if r["target_s"] is None else \
+            f"{r['target_s']:.1f} / {r['drafter_s']:.1f} / {r['other_s']:.1f} s"
+        lines.append(f"| {r['dataset']} | {name} | {r['tokens_per_target_call']:.2f} | {r['target_calls']:.1f} | "
+                     f"{r['drafter_calls']:.1f} | {r['tokens_per_s']:.1f} | {r['wall_ratio_median']:.2f}x | "
+                     f"{total:.2f}x | {split} | {100 * r['identical_rate']:.0f}% |")
     return "\n".join(lines)
 
 
@@ -194,36 +328,38 @@ def plot(result: dict, path: Path) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except Exception:
         return None
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if not r["strategy"].startswith("hf_prompt_lookup[")]
     dsets = sorted({r["dataset"] for r in rows})
-    strats = [s for s in ["target"] + result["args"]["strategies"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    strats = list(dict.fromkeys(r["strategy"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     width = 0.8 / max(1, len(dsets))
     for k, d in enumerate(dsets):
         by = {r["strategy"]: r for r in rows if r["dataset"] == d}
-        plain = by.get("target")
         xs = [i + k * width for i in range(len(strats))]
-        axes[0].bar(xs, [by[s]["mean_accepted"] if s in by else 0 for s in strats], width, label=d)
-        axes[1].bar(xs, [plain["wall_s"] / by[s]["wall_s"] if s in by and plain and by[s]["wall_s"] else 0
-                         for s in strats], width, label=d)
-    for ax, title in zip(axes, ["tokens per target call", "wall-clock speedup vs plain target"]):
+        axes[0].bar(xs, [by[s]["tokens_per_target_call"] if s in by else 0 for s in strats], width, label=d)
+        axes[1].bar(xs, [by[s]["wall_ratio_median"] if s in by else 0 for s in strats], width, label=d)
+    for ax, title in zip(axes, ["tokens per target call", "wall-clock speed-up vs plain (median)"]):
         ax.set_xticks([i + width * (len(dsets) - 1) / 2 for i in range(len(strats))])
         ax.set_xticklabels(strats, rotation=30, ha="right")
         ax.set_title(title)
         ax.legend()
     axes[1].axhline(1.0, color="gray", lw=0.8, ls="--")
-    fig.suptitle(f"AR-verifier mode: {result['target']} drafted by {result['drafter']} (greedy, CPU)")
+    fig.suptitle(f"AR-verifier mode: target {result['target']} (greedy, {result['machine'].get('device', 'cpu')}, "
+                 f"{result['args']['threads']} thread(s))")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 
 def write_ar_outputs(result: dict, out_dir: Path) -> dict:
+    """bench.json, bench.md and bench.png, each written atomically (never half a file)."""
+    from ..atomic import atomic_write_json, atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    j = out_dir / "ar_bench.json"
-    j.write_text(json.dumps(result, indent=1))
-    m = out_dir / "ar_bench.md"
-    m.write_text(markdown_table(result) + "\n")
-    p = plot(result, out_dir / "ar_bench.png")
+    j = atomic_write_json(out_dir / "bench.json", result)
+    m = atomic_write_text(out_dir / "bench.md", markdown_table(result) + "\n")
+    p = plot(result, out_dir / "bench.png")
     return {"json": str(j), "markdown": str(m), "plot": str(p) if p else None}
