@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveLength
+from .gate import CPU_VERIFY_COST, DraftGate
 from .path_search import PathSearchConfig, causal_path_search
 from .result import ARResult
 from .tree import DraftTree, branch_points
@@ -44,6 +45,7 @@ class ARDecodeConfig:
     drafter_steps: int = 1         # denoising steps of a dLLM drafter
     temperature: float = 0.0       # 0 = greedy
     seed: int = 0
+    gate: Optional[float] = None   # draft gate cost (drafted/plain round time): None = auto (CPU 1.8, GPU off), 0 = off
     accept_rule: str = "exact"     # "always"/"ratio_no_residual" are deliberately wrong (tests only)
 
     def check(self):
@@ -57,6 +59,8 @@ class ARDecodeConfig:
             raise ConfigError(f"tree branches must be >= 0 (got {self.tree})")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
+        if self.gate is not None and self.gate < 0:
+            raise ConfigError(f"gate cost must be >= 0 (got {self.gate})")
         if self.accept_rule not in RULES:
             raise ConfigError(f"accept_rule must be one of {RULES}")
         self.path_cfg().check()
@@ -123,7 +127,7 @@ class _Proposer:
             dr = self.d.draft(prefix, gamma, self.g, sample=False)
             raw = dr.tokens
             toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop)) if raw else []
-            conf = dr.q[torch.arange(len(toks)), torch.tensor(toks)] if toks else dr.conf[:0]
+            conf = dr.q[torch.arange(len(toks)), torch.tensor(toks, dtype=torch.long)] if toks else dr.conf[:0]
             return toks, None, dr, conf, self._before_stop(raw)
         dr = self.d.draft(prefix, gamma, self.g, sample=self.sample and not self.point_mass)
         toks = _cut_after_stop(dr.tokens, self.stop)
@@ -137,9 +141,10 @@ class _Proposer:
         return len(toks)
 
     def tree(self, prefix, gamma):
+        """(DraftTree, drafted length of the main chain before a stop token, gate key)."""
         if hasattr(self.d, "draft_tree"):   # a drafter that builds its own tree (prompt lookup's trie)
-            tree, best = self.d.draft_tree(prefix, gamma, self.cfg.tree, self.stop)
-            return tree, self._before_stop(best)
+            tree, best, key = self.d.draft_tree(prefix, gamma, self.cfg.tree, self.stop)
+            return tree, self._before_stop(best), key
         toks, _, dr, conf, before = self.chain(prefix, gamma)
         tree = DraftTree()
         tree.add_chain(-1, toks, self.stop)
@@ -158,7 +163,7 @@ class _Proposer:
             drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.g, sample=False)
             for (parent, alt, _, _), d in zip(rows, drafts):
                 tree.add_chain(parent, [alt] + d.tokens, self.stop)
-        return tree, before
+        return tree, before, dr.key
 
 
 def _as_prompt_ids(target, prompt, chat: bool) -> list:
@@ -192,6 +197,8 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,
                          gamma=min(max(cfg.draft_length, cfg.min_draft), cfg.max_draft)) if cfg.adaptive else None
     prop = _Proposer(drafter, cfg, stop, ngram, g) if drafter is not None else None
+    cost = cfg.gate if cfg.gate is not None else (CPU_VERIFY_COST if target.device.type == "cpu" else 0.0)
+    gate = DraftGate(cost=cost) if cost > 1 else None
     if drafter is not None:
         drafter.reset()
     t_calls, t_s = target.calls, target.seconds
@@ -204,6 +211,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     pending = ids[-1]
     out: list = []
     accepted, drafted = [], []
+    gated = 0
     done = False
     while not done:
         remaining = cfg.max_new_tokens - len(out)
@@ -211,14 +219,21 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
         gamma = min(gamma, remaining - 1)   # room for the target's own token
         base = state.length
         prefix = ids + out
-        if prop is None or gamma < 1:
+        proposal, key = None, None
+        if prop is not None and gamma >= 1:
+            proposal = prop.tree(prefix, gamma) if cfg.tree else prop.chain(prefix, gamma)
+            key = proposal[-1] if cfg.tree else proposal[2].key
+            if gate is not None and not gate.allow(key):
+                proposal = None   # not worth a wider forward: a plain round
+                gated += 1
+        if proposal is None:
             logits = state.extend([pending])
             row = logits[-1]
             nxt = int(torch.multinomial(target_probs(row, cfg.temperature), 1, generator=g)[0]) if sample \
                 else int(row.argmax())
             new, n_acc, n_draft, before = [nxt], 0, 0, 0
         elif cfg.tree:
-            tree, before = prop.tree(prefix, gamma)
+            tree, before, _ = proposal
             parents = [-1] + [p + 1 if p >= 0 else 0 for p in tree.parents]
             logits = state.extend_tree([pending] + tree.tokens, parents)
             if sample:
@@ -229,7 +244,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
             new = [tree.tokens[j] for j in path] + [nxt]
             n_acc, n_draft = len(path), len(tree)
         else:
-            toks, q, _, _, before = prop.chain(prefix, gamma)
+            toks, q, _, _, before = proposal
             logits = state.extend([pending] + toks)
             if sample:
                 n_acc, nxt = sample_chain(toks, q, logits, cfg.temperature, g, cfg.accept_rule)
@@ -241,8 +256,11 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
         if prop is not None:
             accepted.append(n_acc)
             drafted.append(n_draft)
-            if ctl is not None and gamma >= 1:
-                ctl.observe(before, n_acc)
+            if proposal is not None:
+                if ctl is not None:
+                    ctl.observe(before, n_acc)
+                if gate is not None and n_draft:
+                    gate.observe(key, n_acc)
         for t in new:
             out.append(int(t))
             if int(t) in stop or len(out) >= cfg.max_new_tokens:
@@ -257,7 +275,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     return ARResult(
         prompt_ids=ids, token_ids=out, text=target.decode(out), nfe=tc + dc, wall_s=wall, target_calls=tc,
         drafter_calls=dc, rounds=rounds, mean_accepted=len(out) / max(1, rounds), accepted=accepted,
-        drafted=drafted, target_s=target.seconds - t_s,
+        drafted=drafted, gated=gated, target_s=target.seconds - t_s,
         drafter_s=(drafter.seconds - d_s) if drafter is not None else 0.0,
         strategy=strategy_name(drafter, cfg), config=cfg.to_dict())
 

@@ -33,7 +33,7 @@ class Draft:
     tokens: list            # drafted token ids (γ of them)
     q: torch.Tensor         # [γ, V_target] distribution each token was drawn from (drafter's float dtype)
     conf: torch.Tensor      # [γ] probability of the drafted token when it was committed
-    logq: Optional[torch.Tensor] = None   # [γ, V_target] log of q (for path search)
+    key: Optional[object] = None   # how trustworthy the draft is, for the cost gate (None: always verified)
 
 
 class DLLMDrafter:

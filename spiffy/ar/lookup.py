@@ -5,7 +5,8 @@ For the suffix of the committed text, of length ``max_ngram`` down to ``min_ngra
 occurrence is a *match* and the tokens after it are a candidate continuation. Candidates are ranked
 longest suffix first, then most recent. The chain draft is the best candidate; a draft tree is the trie
 of the ``branches`` best distinct candidates; the per-position lattice ``q`` (for path search) weights
-each candidate's token at each offset by its suffix length. Drafts are deterministic, so exact
+each candidate's token at each offset by its suffix length. A draft's gate key
+(:mod:`spiffy.ar.gate`) is the length of the matched suffix. Drafts are deterministic, so exact
 speculative sampling verifies them as point masses. Drafting runs no model: ``calls`` stays 0.
 """
 from __future__ import annotations
@@ -78,10 +79,11 @@ class PromptLookupDrafter:
             q /= q.sum(-1, keepdim=True)
         conf = q[torch.arange(len(toks)), torch.tensor(toks, dtype=torch.long)] if toks else q.new_zeros(0)
         self.seconds += time.perf_counter() - t0
-        return Draft(list(toks), q, conf)
+        return Draft(list(toks), q, conf, key=cands[0][0] if cands else None)
 
-    def draft_tree(self, prefix, gamma: int, branches: int, stop_ids=()) -> tuple[DraftTree, list]:
-        """The trie of the ``branches`` best candidates (each cut after a stop token), and the best chain."""
+    def draft_tree(self, prefix, gamma: int, branches: int, stop_ids=()) -> tuple[DraftTree, list, Optional[int]]:
+        """The trie of the ``branches`` best candidates (each cut after a stop token), the best chain, and
+        its gate key (the matched suffix length)."""
         t0 = time.perf_counter()
         cands = self.candidates(prefix, gamma, limit=max(1, branches))
         tree, index = DraftTree(), {}
@@ -98,4 +100,4 @@ class PromptLookupDrafter:
                 if t in stop:
                     break
         self.seconds += time.perf_counter() - t0
-        return tree, (cands[0][1] if cands else [])
+        return tree, (cands[0][1] if cands else []), (cands[0][0] if cands else None)

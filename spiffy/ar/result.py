@@ -17,6 +17,7 @@ class ARResult:
     mean_accepted: float = 0.0   # tokens committed per verification forward (accepted drafts + 1)
     accepted: list = field(default_factory=list)   # accepted draft tokens in each round
     drafted: list = field(default_factory=list)    # draft tokens proposed in each round (tree: nodes)
+    gated: int = 0            # rounds whose draft the cost gate did not verify (plain rounds instead)
     target_s: float = 0.0
     drafter_s: float = 0.0
     strategy: str = "plain"

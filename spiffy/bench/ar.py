@@ -6,9 +6,10 @@ output, row ``hf_generate``), transformers' own prompt-lookup decoding (row ``hf
 best of the ``--hf-lookup-tokens`` settings per dataset; each setting also gets a row) and every
 strategy of this project decode the same prompt back to back. Strategies:
 
-- ``ngram``, ``ngram+adaptive``, ``ngram+tree``, ``ngram+path``: model-free prompt lookup
-  (:mod:`spiffy.ar.lookup`) as a chain, with adaptive length, as a trie of candidates, with DiffuSpec's
-  path search over the candidates' lattice;
+- ``ngram``, ``ngram+nogate``, ``ngram+adaptive``, ``ngram+tree``, ``ngram+path``: model-free prompt
+  lookup (:mod:`spiffy.ar.lookup`) as a chain (with and without the cost gate of
+  :mod:`spiffy.ar.gate`), with adaptive length, as a trie of candidates, with DiffuSpec's path search
+  over the candidates' lattice;
 - ``dllm``, ``path``, ``adaptive``, ``path+adaptive``, ``tree``: a diffusion drafter sharing the
   target's tokenizer (SpecDiff, DiffuSpec, D²SD);
 - ``ar``: a small AR drafter (classic speculative decoding).
@@ -31,6 +32,7 @@ import click
 # strategy -> (drafter kind, ARDecodeConfig overrides)
 STRATEGIES = {
     "ngram": ("ngram", dict()),
+    "ngram+nogate": ("ngram", dict(gate=0.0)),
     "ngram+adaptive": ("ngram", dict(adaptive=True)),
     "ngram+tree": ("ngram", dict(tree=4)),
     "ngram+path": ("ngram", dict(path_search=True)),
@@ -43,7 +45,7 @@ STRATEGIES = {
     "hf_prompt_lookup": ("hf", dict()),
 }
 DLLM_DEFAULT = "dllm,path,adaptive,path+adaptive,tree,ar"
-LOOKUP_DEFAULT = "ngram,ngram+adaptive,ngram+tree,ngram+path,hf_prompt_lookup"
+LOOKUP_DEFAULT = "ngram,ngram+nogate,ngram+adaptive,ngram+tree,ngram+path,hf_prompt_lookup"
 
 _REPO = Path(__file__).resolve().parents[2]
 
