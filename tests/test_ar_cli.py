@@ -68,3 +68,43 @@ def test_bench_ar(target_dir, tmp_path):
     assert {row["strategy"] for row in res["rows"]} == {"plain", "hf_generate", "dllm", "adaptive", "tree"}
     assert all(row["identical_rate"] == 1.0 for row in res["rows"])
     assert (tmp_path / "out" / "bench.md").exists()
+
+
+def test_bench_ar_lookup_rows(target_dir, tmp_path):
+    """The side-by-side table: plain, transformers generate and prompt lookup, and this project's
+    prompt-lookup strategies, with the row keys the README promises."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "abcabc abcabc"}\n{"prompt": "one two one two"}\n')
+    from spiffy.ar.ngram import NGramModel, tokenizer_fingerprint
+    from spiffy.backends.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in ("abc abc abc", "one two three")]
+    NGramModel.from_sequences(seqs, len(tok), fingerprint=tokenizer_fingerprint(tok)).save(tmp_path / "tiny.npz")
+    r = CliRunner().invoke(main, ["bench", "--mode", "ar", "--target", str(target_dir),
+                                  "--strategies", "ngram,ngram+nogate,ngram+tree,ngram+path,hf_prompt_lookup",
+                                  "--hf-lookup-tokens", "2,4", "--dataset", str(prompts), "--gen-length", "12",
+                                  "--ngram", str(tmp_path / "tiny.npz"), "--raw", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "out" / "bench.json").read_text())
+    names = [row["strategy"] for row in res["rows"]]
+    assert set(names) == {"plain", "hf_generate", "hf_prompt_lookup[k=2]", "hf_prompt_lookup[k=4]", "ngram",
+                          "ngram+nogate", "ngram+tree", "ngram+path", "hf_prompt_lookup"}
+    for row in res["rows"]:
+        for k in ("strategy", "dataset", "tokens_per_target_call", "wall_ratio_median", "identical_rate"):
+            assert k in row
+        assert row["identical_rate"] == 1.0
+    plain = next(row for row in res["rows"] if row["strategy"] == "plain")
+    assert plain["tokens_per_target_call"] == 1.0 and plain["wall_ratio_median"] == 1.0
+    hf = next(row for row in res["rows"] if row["strategy"] == "hf_generate")
+    assert hf["tokens_per_target_call"] == 1.0      # forwards counted by a hook on the model
+    assert (tmp_path / "out" / "bench.md").exists() and (tmp_path / "out" / "bench.png").exists()
+    assert not list((tmp_path / "out").glob(".*"))   # no temporary files left
+
+
+def test_bench_ar_bad_options(target_dir, tmp_path):
+    for args, msg in ((["--strategies", "ngram,warp"], "unknown strategies"),
+                      (["--strategies", "hf_prompt_lookup", "--hf-lookup-tokens", "3,x"], "comma-separated")):
+        r = CliRunner().invoke(main, ["bench", "--mode", "ar", "--target", str(target_dir), "--dataset", "x.jsonl",
+                                      *args])
+        assert r.exit_code == 2 and msg in r.output, r.output

@@ -83,6 +83,21 @@ def test_sampling_matches_target_distribution(models, kw):
     assert p > 1e-3
 
 
+@pytest.mark.parametrize("kw", [dict(draft_length=2, gate=0.0), dict(draft_length=2, tree=2, gate=0.0),
+                                dict(draft_length=2, gate=1.8)], ids=["chain", "trie", "gated"])
+def test_prompt_lookup_sampling_matches_target_distribution(models, kw):
+    """Prompt-lookup drafts are point masses: accepted with probability p(d), else p without d."""
+    from spiffy.ar import PromptLookupDrafter
+
+    tgt, _ = models
+    drafter = PromptLookupDrafter(tgt.vocab_size, max_ngram=2)
+    probs = exact_distribution(tgt)
+    counts = sample_counts(tgt, drafter, N, **kw)
+    p = pvalue(counts, probs, N)
+    print("lookup", kw, p)
+    assert p > 1e-3
+
+
 @pytest.mark.parametrize("rule", ["always", "ratio_no_residual"])
 def test_broken_acceptance_is_rejected(models, rule):
     tgt, be = models
