@@ -1,19 +1,15 @@
-"""AR-verifier mode: a diffusion LM drafts for an autoregressive target whose output never changes
-(SpecDiff / DiffuSpec / D²SD), plus the classic AR-drafter baseline. See the README section "AR-verifier mode"."""
-from .adaptive import AdaptiveLength
-from .ar_drafter import ARDrafter
-from .decode import ARDecodeConfig, generate_ar, hf_generate
-from .drafter import DLLMDrafter, Draft
-from .lookup import PromptLookupDrafter
-from .ngram import NGramModel, build_ngram
-from .path_search import PathSearchConfig, causal_path_search
-from .result import ARResult
-from .target import ARTarget, TargetState, load_causal_lm
-from .tree import DraftTree, ancestor_mask, branch_points, rejection_scores
-from .vocab import check_tokenizers
-from .pair import load_pair, make_drafter
+"""AR-verifier mode: a diffusion LM (or prompt lookup, or a small AR model) drafts for an autoregressive
+target whose output never changes (SpecDiff / DiffuSpec / D²SD, classic speculative decoding). See the
+README section "AR-verifier mode". Public names are imported on first use."""
+from .._lazy import lazy_attributes
 
-__all__ = ["ARTarget", "TargetState", "load_causal_lm", "DLLMDrafter", "ARDrafter", "PromptLookupDrafter", "Draft", "ARDecodeConfig",
-           "generate_ar", "hf_generate", "ARResult", "NGramModel", "build_ngram", "PathSearchConfig",
-           "causal_path_search", "AdaptiveLength", "DraftTree", "ancestor_mask", "branch_points",
-           "rejection_scores", "check_tokenizers", "load_pair", "make_drafter"]
+_NAMES = {
+    "AdaptiveLength": ".adaptive", "ARDrafter": ".ar_drafter", "ARDecodeConfig": ".decode", "generate_ar": ".decode",
+    "hf_generate": ".decode", "DLLMDrafter": ".drafter", "Draft": ".drafter", "PromptLookupDrafter": ".lookup",
+    "DraftGate": ".gate", "NGramModel": ".ngram", "build_ngram": ".ngram", "PathSearchConfig": ".path_search",
+    "causal_path_search": ".path_search", "ARResult": ".result", "ARTarget": ".target", "TargetState": ".target",
+    "load_causal_lm": ".target", "DraftTree": ".tree", "ancestor_mask": ".tree", "branch_points": ".tree",
+    "rejection_scores": ".tree", "check_tokenizers": ".vocab", "load_pair": ".pair", "make_drafter": ".pair",
+}
+__all__ = list(_NAMES)
+__getattr__, __dir__ = lazy_attributes(__name__, _NAMES, globals())
