@@ -34,14 +34,43 @@ def resolve_data_dir(data_dir=None) -> Path:
     return d
 
 
+def read_lines(path) -> list[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a UTF-8 text file (``.gz`` read through gzip);
+    bad encoding or a damaged archive is a :class:`ConfigError` naming the file and line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    out = []
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
+        if text.strip():
+            out.append((i, text.rstrip("\r")))
+    return out
+
+
 def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file; ``X.jsonl`` may also be stored as ``X.jsonl.gz`` (a device data pack)."""
+    """Rows of a JSONL file; ``X.jsonl`` may also be stored as ``X.jsonl.gz`` (a device data pack). A line
+    that is not a JSON object is an error naming the file and line."""
     path = Path(path)
     if not path.exists() and path.suffix != ".gz" and path.with_name(path.name + ".gz").exists():
         path = path.with_name(path.name + ".gz")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for i, line in read_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+    return rows
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -57,25 +86,27 @@ def load_prompts(name: str, limit: Optional[int] = None, data_dir=None) -> list[
     gsm8k = GSM8K test questions; gsm8k-train = GSM8K train; humaneval = HumanEval stubs;
     mbpp = MBPP test ids 11-510; mbpp-train = MBPP ids 1-10 and 511-974.
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (got {limit}); leave it out for every row")
     p = Path(name)
     if name not in DATASETS and p.exists():
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder: give a prompt file (JSONL, or plain text with one prompt per line)")
         rows = []
-        lines = p.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(l for l in lines if l.strip()):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                obj = line
-            if isinstance(obj, dict):
+        if p.suffix in (".jsonl", ".json") or p.name.endswith(".jsonl.gz"):
+            for k, obj in enumerate(read_jsonl(p)):
                 text = obj.get("prompt") or obj.get("question")
-                if text is None:
-                    raise ConfigError(f"{p}: line {i + 1} has neither a 'prompt' nor a 'question' key")
-                rows.append({"id": str(obj.get("id", i)), "prompt": text, "reference": obj.get("answer")})
-            else:
-                rows.append({"id": str(i), "prompt": str(obj), "reference": None})
+                if not isinstance(text, str) or not text.strip():
+                    raise ConfigError(f"{p}: row {k + 1} has no non-empty 'prompt' or 'question' text")
+                rows.append({"id": str(obj.get("id", k)), "prompt": text, "reference": obj.get("answer")})
+        else:   # plain text: one prompt per line
+            rows = [{"id": str(k), "prompt": text, "reference": None} for k, (_, text) in enumerate(read_lines(p))]
+        if not rows:
+            raise ConfigError(f"{p} holds no prompts (an empty file)")
         return rows[:limit] if limit else rows
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}: choose one of {DATASETS} or give a file path")
+        raise ConfigError(f"unknown dataset {name!r} (and no such file): choose one of {', '.join(DATASETS)} or "
+                          "give a prompt file")
     d = resolve_data_dir(data_dir)
     if name in ("gsm8k", "gsm8k-train"):
         split = "test" if name == "gsm8k" else "train"

@@ -124,7 +124,7 @@ def tiny_calibration(tmp_path_factory):
 def test_simulation_equals_decoder_and_replay(tiny_calibration):
     """The graph's predicted calls equal the Spiffy decoder's measured NFE, prompt by prompt."""
     be, rows, cfg, out, rep = tiny_calibration
-    path = out / "tiny-llada" / "b8_k1_none" / "D4.json"
+    path = out / "tiny-llada" / "b8_k1_g16_none" / "D4.json"
     g = load_graph_artifact(path, be)
     calib = rep["_sets"]["calibration"]
     for k, r in enumerate(rows):
@@ -145,20 +145,20 @@ def test_decoder_picks_calibrated_graph(tiny_calibration, monkeypatch):
 
 def test_artifact_records(tiny_calibration):
     be, rows, cfg, out, rep = tiny_calibration
-    d = json.loads((out / "tiny-llada" / "b8_k1_none" / "D2.json").read_text())
+    d = json.loads((out / "tiny-llada" / "b8_k1_g16_none" / "D2.json").read_text())
     meta = d["meta"]
     assert meta["artifact"] == "spiffy.calibration" and meta["artifact_version"] == 1
     assert meta["fingerprint"] == model_fingerprint(be)
     assert meta["prompt_set"]["size"] == 4 and (out / meta["prompt_set"]["file"]).exists()
     assert meta["objective"] == "saved" and meta["budget"] == 2
     assert all("count" in n for n in d["nodes"])
-    counts = json.loads((out / "tiny-llada" / "b8_k1_none" / "counts.json").read_text())
+    counts = json.loads((out / "tiny-llada" / "b8_k1_g16_none" / "counts.json").read_text())
     assert counts["possibility_graph"]["nodes"]
 
 
 def test_corrupt_truncated_and_mismatched_artifacts_refused(tiny_calibration, tmp_path):
     be, rows, cfg, out, rep = tiny_calibration
-    src = (out / "tiny-llada" / "b8_k1_none" / "D4.json").read_text()
+    src = (out / "tiny-llada" / "b8_k1_g16_none" / "D4.json").read_text()
     p = tmp_path / "D4.json"
     p.write_text(src[: len(src) // 2])
     with pytest.raises(ArtifactError, match="not readable JSON"):
@@ -183,7 +183,7 @@ def test_corrupt_truncated_and_mismatched_artifacts_refused(tiny_calibration, tm
     other = type(be)(be.model, be.family, be.tokenizer, name="x", logit_shift=0)
     with torch.no_grad():
         other.model.model.transformer.ln_f.weight.add_(0.0)  # same weights: still matches
-    load_graph_artifact(out / "tiny-llada" / "b8_k1_none" / "D4.json", other)
+    load_graph_artifact(out / "tiny-llada" / "b8_k1_g16_none" / "D4.json", other)
 
 
 def test_interrupted_write_leaves_old_file(tmp_path, monkeypatch):
@@ -220,12 +220,12 @@ def test_calibrate_cli_writes_artifacts_and_plots(tmp_path):
                                   "--gen-length", "16", "--block-length", "8", "--out", str(out), "--plot", "--raw",
                                   "--heldout", str(prompts), "--heldout-limit", "2"])
     assert r.exit_code == 0, r.output
-    folder = out / "tiny-llada" / "b8_k1_none"
+    folder = out / "tiny-llada" / "b8_k1_g16_none"
     for f in ("D2.json", "D3.json", "D2.png", "counts.json", "report.json", "nfe_reduction.png"):
         assert (folder / f).exists(), f
     assert "ceiling" in r.output and "default" in r.output
     r = CliRunner().invoke(main, ["calibrate", "--model", "tiny-llada", "--dataset", str(prompts), "--budgets", "0"])
-    assert r.exit_code != 0 and "budgets must be positive" in r.output
+    assert r.exit_code != 0 and "must be integers in [1, 64]" in r.output
 
 
 def test_runtime_pruning_replay_equals_decoder(tiny_calibration):
@@ -235,7 +235,7 @@ def test_runtime_pruning_replay_equals_decoder(tiny_calibration):
     from spiffy.calibration.pruning import calibrated_pruner
 
     be, rows, cfg, out, rep = tiny_calibration
-    g = load_graph_artifact(out / "tiny-llada" / "b8_k1_none" / "D4.json", be)
+    g = load_graph_artifact(out / "tiny-llada" / "b8_k1_g16_none" / "D4.json", be)
     ts = trace_set(be, "h", rows[:2], cfg, 4, chat=False)
     pred = evaluate_pruned(be, cfg, ts, g, keep=2)
     nfe = 0

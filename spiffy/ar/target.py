@@ -176,7 +176,9 @@ def load_causal_lm(path_or_id: str, device: str = "cpu", dtype=None, name: Optio
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..backends.loader import resolve_dtype, resolve_path
+    from ..devices import check_device
 
+    check_device(device)
     if path_or_id is None:
         raise ModelLoadError("no causal-LM target given")
     p = resolve_path(str(path_or_id))   # a local checkpoint, or a hub snapshot (clear error otherwise)

@@ -114,6 +114,9 @@ def load_tokenizer(path: Path):
 def load_backend(path_or_id: Optional[str] = None, device: str = "cpu", dtype=None) -> DiffusionBackend:
     """Load a dLLM. ``path_or_id``: checkpoint directory, hub id, ``tiny-llada``/``tiny-dream``, or None
     for the bundled reference model."""
+    from ..devices import check_device
+
+    check_device(device)
     if path_or_id in ("tiny-llada", "tiny-dream"):
         from .tiny import tiny_backend
 

@@ -180,6 +180,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
     if unknown or not names:
         raise ConfigError(f"unknown strategies {unknown or strategies!r}: choose from {', '.join(STRATEGIES)}")
     hf_ks = _ints(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
+    sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before any model loads
     tpath = ar_target or str(_REPO / "models" / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
     drafters = _load_drafters({STRATEGIES[s][0] for s in names}, target, model, ar_drafter, device, dtype,
@@ -202,7 +203,6 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
         if kind == "ngram" and kw.get("adaptive"):
             kw.update(min_draft=lookup_min_draft, max_draft=lookup_max_draft)
         cfgs[s] = ARDecodeConfig(**{**base.to_dict(), **kw}).check()
-    sets = {name: load_prompts(name, limit, data_dir) for name in datasets}
     counter = _ForwardCounter(target.model)
 
     # warm-up (first calls pay one-off costs)

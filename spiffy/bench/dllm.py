@@ -10,7 +10,6 @@ baseline) gives the combined tokens/s gain of each Spiffy setting over plain sam
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 from ..sampling.baseline import generate_baseline, sampler_of
 from ..sampling.config import GenerationConfig
+from ..atomic import atomic_write_json, atomic_write_text
 from ..speculative import SpeculativeConfig, generate_speculative
 from ..speculative.calibrated import calibrated_graph_for, load_graph_artifact
 from ..speculative.replay import baseline_nfe, ceiling_nfe, provider_for, replay_nfe, trace_baseline
@@ -95,7 +95,7 @@ class Row:
 def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting], budgets: Sequence[int],
                    base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
                    vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
-                   use_calibration: bool = True) -> dict:
+                   use_calibration: bool = True, allow_mismatch: bool = False) -> dict:
     """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...]}. The draft graph of each
     (setting, budget) is resolved once, before decoding (a calibrated graph when one exists and
     ``use_calibration``, else the default), so every prompt, and the replay, use the same graph."""
@@ -119,11 +119,12 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
         rows = {D: Row(st.name, D) for D in budgets}
         specs = {}
         for D in budgets:
-            spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False)
+            spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False,
+                                     allow_mismatch=allow_mismatch)
             if graph is None and use_calibration:
                 path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
                 if path is not None:
-                    spec.graph = load_graph_artifact(path, backend)   # the decoder's own checks
+                    spec.graph = load_graph_artifact(path, backend, allow_mismatch=allow_mismatch)   # the decoder's own checks
                     rows[D].graph_source = f"calibrated:{path}"
             specs[D] = spec
         for i, p in enumerate(prompts):
@@ -230,9 +231,12 @@ def plot(result: dict, path: Path, paper: bool = True) -> Path:
 def write_outputs(result: dict, out_dir: Path, predict: bool, ceiling: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "nfe_vs_budget.png"}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["markdown"].write_text(markdown_table(result, predict, ceiling))
-    plot(result, paths["plot"])
+    atomic_write_json(paths["json"], result)   # a crash never leaves half a file
+    atomic_write_text(paths["markdown"], markdown_table(result, predict, ceiling))
+    tmp = out_dir / ".nfe_vs_budget.tmp.png"
+    plot(result, tmp)
+    if tmp.exists():
+        tmp.replace(paths["plot"])
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -15,9 +15,10 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
 from ..sampling.baseline import sampler_of
 from ..sampling.schedule import block_schedule
-from ..speculative.calibrated import setting_key
+from ..speculative.calibrated import set_folder_name, setting_key
 from ..speculative.defaults import default_graph
-from ..speculative.graph import ROOT, make_graph
+from ..speculative.graph import ROOT, load_graph, make_graph
+from . import setdir
 from .artifact import write_graph_artifact
 from .counts import formula_counts, possibility_graph, possibility_to_dict
 from ..backends.fingerprint import model_fingerprint
@@ -105,9 +106,12 @@ def default_nodes(budget: int, step_counts) -> set:
 def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], objective: str = "saved",
               out_dir=None, prompt_set: str = "custom", search: str = "greedy", token_ranks: int = 4,
               heldout: Optional[dict] = None, chat: bool = True, progress: bool = False, model_name: Optional[str] = None,
-              compare_objectives: Sequence[str] = OBJECTIVES, prune: Sequence[tuple] = ()) -> dict:
-    """Calibrate graphs for ``budgets``; write ``<out_dir>/<model>/<setting>/D<k>.json`` (+ counts.json,
-    report.json) when ``out_dir`` is given. ``heldout``: {name: rows} evaluated with every objective,
+              compare_objectives: Sequence[str] = OBJECTIVES, prune: Sequence[tuple] = (), force: bool = False,
+              plot: bool = False) -> dict:
+    """Calibrate graphs for ``budgets``; when ``out_dir`` is given, write the set
+    ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json, prompts.jsonl,
+    and with ``plot`` the PNGs) as one unit (:mod:`spiffy.calibration.setdir`); an existing set is
+    replaced only with ``force``, and that is checked before any tracing. ``heldout``: {name: rows} evaluated with every objective,
     the default graphs and the in-sample ceiling. ``prune``: pairs (D, keep): the calibrated D graph
     pruned at run time to ``keep`` nodes per round (child-aware score), replayed on the held-out
     traces. Returns the report."""
@@ -118,13 +122,18 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
     if not rows:
         raise ConfigError("the calibration prompt set is empty")
     t0 = time.perf_counter()
+    model = model_name or backend.name
+    final = None
+    if out_dir is not None:
+        final = Path(out_dir) / model / set_folder_name(setting_key(cfg, sampler_of(backend, cfg)), cfg.gen_length,
+                                                        cfg.cache)
+        setdir.check_free(final, force)
     max_depth = max(budgets)
     step_counts = step_counts_for(backend, cfg, max_depth)
     calib = trace_set(backend, prompt_set, rows, cfg, max_depth, token_ranks, chat, progress)
     counts = formula_counts(calib.chains)
     indexed = IndexedChains(calib.chains)
     fp = model_fingerprint(backend)
-    model = model_name or backend.name
     setting = setting_name(backend, cfg)
     report = {"model": model, "setting": setting, "fingerprint": fp, "prompt_set": prompt_set, "size": len(rows),
               "objective": objective, "search": search, "token_ranks": token_ranks, "budgets": list(budgets),
@@ -154,26 +163,43 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
                 f"D{D}->keep{k}": evaluate_pruned(backend, cfg, ts, graph_from_nodes(chosen[(D, objective)], step_counts), k)
                 for D, k in prune if D in budgets}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
-    if out_dir is not None:
-        write_artifacts(report, chosen, counts, calib, step_counts, cfg, Path(out_dir), rows)
+    if final is not None:
+        report["folder"] = f"{model}/{final.name}"
+        tmp = setdir.begin(final, force)
+        try:
+            write_artifacts(report, chosen, counts, calib, step_counts, cfg, tmp, rows)
+            if plot:
+                plot_set(report, tmp)
+            setdir.commit(tmp, final, force)
+        except BaseException:
+            setdir.discard(tmp)
+            raise
     report["_chosen"] = chosen
     report["_sets"] = {"calibration": calib, **held_sets}
     report["_step_counts"] = step_counts
     return report
 
 
-def prompt_set_file(out: Path, name: str, rows) -> dict:
+def prompt_set_file(folder: Path, rel: str, name: str, rows) -> dict:
+    """The prompts a set was calibrated on, kept inside the set (``rel``: the set's path under the root)."""
     text = "".join(json.dumps({"id": r.get("id"), "prompt": r["prompt"]}) + "\n" for r in rows)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    path = out / "prompts" / f"{safe}.jsonl"
-    atomic_write_text(path, text)
-    return {"name": name, "size": len(rows), "file": str(path.relative_to(out)),
+    atomic_write_text(folder / "prompts.jsonl", text)
+    return {"name": name, "size": len(rows), "file": f"{rel}/prompts.jsonl",
             "sha": hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}
 
 
-def write_artifacts(report, chosen, counts, calib, step_counts, cfg, out: Path, rows):
-    folder = out / report["model"] / report["setting"]
-    ps = prompt_set_file(out, report["prompt_set"], rows)
+def plot_set(report: dict, folder: Path):
+    from .plot import plot_graph, plot_reduction
+
+    for D in report["budgets"]:
+        plot_graph(load_graph(folder / f"D{D}.json"), folder / f"D{D}.png",
+                   f"{report['model']} {report['setting']} D={D} ({report['objective']})")
+    plot_reduction(report, folder / "nfe_reduction.png")
+
+
+def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Path, rows):
+    """Write a set's files into ``folder`` (the temporary folder of :func:`calibrate`)."""
+    ps = prompt_set_file(folder, report["folder"], report["prompt_set"], rows)
     sampler = {k: v for k, v in cfg.to_dict().items() if k in ("gen_length", "block_length", "steps", "tokens_per_step",
                                                                   "threshold", "cache", "sampler", "remasking")}
     sampler["temperature_band"] = "greedy (T = 0)" if cfg.temperature == 0 else f"T = {cfg.temperature:g}"

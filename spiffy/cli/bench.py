@@ -13,12 +13,16 @@ from pathlib import Path
 import click
 
 from . import main
-from .sample import decode_options, fail
+from .sample import decode_options, fail, reject_given
 
 # ---- options of `--mode ar` (owned by the AR benchmark; add click.option(...) entries here) ----------
 from ..bench.ar import ar_click_options  # noqa: E402
 
 AR_OPTIONS: list = ar_click_options()
+_AR_PARAMS = [o(lambda: None).__click_params__[0] for o in AR_OPTIONS]   # the click.Option objects, for names
+DLLM_BENCH_ONLY = ("budgets", "graph_file", "use_calibration", "prune", "verify", "caches", "thresholds", "ks", "predict",
+                   "ceiling", "vanilla", "allow_mismatch", "block_length", "cfg_scale", "remasking", "sampler", "top_p",
+                   "top_k", "early_stop")
 
 
 def ar_options(f):
@@ -47,13 +51,15 @@ def bench_defaults(f):
 @click.option("--model", default=None, help="dLLM checkpoint [default: the bundled reference dLLM].")
 @click.option("--dataset", "datasets", multiple=True, default=("gsm8k", "humaneval"), show_default=True,
               help="Prompt set(s): gsm8k, humaneval, mbpp, ... or a JSONL/text file. Repeatable.")
-@click.option("--limit", default=10, show_default=True, help="Prompts per dataset.")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Prompts per dataset.")
 @click.option("--data-dir", default=None, help="Data directory [default: $SPIFFY_DATA or ../shared/data].")
 @click.option("--budgets", default="1,3,5,8,10", show_default=True, help="Comma-separated draft budgets D.")
 @click.option("--graph", "graph_file", default=None, type=click.Path(dir_okay=False),
               help="Use this draft graph file instead of budgets (reported as one budget).")
 @click.option("--calibration/--no-calibration", "use_calibration", default=True, show_default=True,
               help="Use a calibrated draft graph when calibration/ has one for the model and setting.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Use a calibrated graph even when it was calibrated for another model (experiments only).")
 @click.option("--prune", type=int, default=None, help="Keep the best N nodes per round (runtime pruning).")
 @click.option("--verify", type=click.Choice(["batch", "packed"]), default="batch", show_default=True,
               help="Verification: batch copies (exact) or packed (exact only with cache dual).")
@@ -81,6 +87,12 @@ def bench(mode, **kw):
     from ..memory import pin_mmap_threshold
 
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
+    ctx = click.get_current_context()
+    ar_names = [p.name for p in ctx.command.params if p.name in {o.name for o in _AR_PARAMS}]
+    if mode == "ar":
+        reject_given(ctx, DLLM_BENCH_ONLY, "to --mode ar (they set the dLLM benchmark)")
+    else:
+        reject_given(ctx, ar_names, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -94,7 +106,7 @@ def bench(mode, **kw):
 
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
-                     predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, **kw):
+                     predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, **kw):
     import torch
 
     from ..backends import load_backend
@@ -102,13 +114,15 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
     from ..bench.machine import machine_info
     from ..datasets import load_prompts
     from ..errors import SpiffyError
+    from ..speculative.config import MAX_BUDGET
+    from .parse import int_list
     from .sample import config_from
 
     if threads:
         torch.set_num_threads(threads)
     try:
         base_cfg = config_from({**kw, "cache": "none", "threshold": None, "tokens_per_step": None, "steps": None})
-        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        budget_list = int_list(budgets, "--budgets", 0, MAX_BUDGET)
         if graph_file:
             from ..speculative import load_graph
             from ..speculative.graph import budget_of
@@ -118,8 +132,8 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         settings += [Setting(c, t, 1) for c in caches for t in thresholds]
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
+        sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
         backend = load_backend(model, device=device, dtype=dtype)
-        sets = {name: load_prompts(name, limit, data_dir) for name in datasets}
     except SpiffyError as e:
         fail(str(e))
     result = {"machine": machine_info(device), "model": backend.name,
@@ -133,7 +147,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         try:
             res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
                                  ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
-                                 use_calibration=use_calibration,
+                                 use_calibration=use_calibration, allow_mismatch=allow_mismatch,
                                  progress=lambda s: click.echo(f"  {s}", err=True))
         except SpiffyError as e:
             fail(f"{name}: {e}")

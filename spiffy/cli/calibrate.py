@@ -6,24 +6,18 @@ from pathlib import Path
 import click
 
 from . import main
+from .parse import int_list
 from .sample import fail
-
-
-def _budgets(text: str) -> list:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"budgets must be comma-separated integers, got {text!r}")
-    if not out or any(b < 1 for b in out):
-        raise click.BadParameter(f"budgets must be positive, got {text!r}")
-    return sorted(set(out))
 
 
 def _pairs(text: str) -> list:
     try:
-        return [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p.strip()]
+        pairs = [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise click.BadParameter(f"--prune takes D:keep pairs like 10:3, got {text!r}")
+        raise click.BadParameter(f"--prune takes D:keep pairs like 10:3, got {text!r}") from None
+    if any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in pairs):
+        raise click.BadParameter(f"--prune takes D:keep pairs of positive integers like 10:3, got {text!r}")
+    return pairs
 
 
 @main.command()
@@ -31,14 +25,15 @@ def _pairs(text: str) -> list:
 @click.option("--dataset", required=True,
               help="gsm8k-train, mbpp-train, gsm8k, humaneval, mbpp, or a FILE (JSONL with 'prompt', or one per line). "
                    "Comma-separate several to mix them.")
-@click.option("--limit", default=50, show_default=True, help="Calibration prompts (per dataset).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Calibration prompts (per dataset).")
 @click.option("--budgets", default="3,5,8,10", show_default=True, help="Graph budgets D to calibrate.")
 @click.option("--objective", type=click.Choice(["saved", "degree1", "frequency"]), default="saved", show_default=True,
               help="Selection objective written to the artifacts (all three are evaluated).")
 @click.option("--search", type=click.Choice(["greedy", "exact"]), default="greedy", show_default=True)
 @click.option("--token-ranks", default=4, show_default=True, help="Token ranks recorded per position.")
 @click.option("--heldout", default="", help="Comma-separated held-out sets to evaluate on (e.g. gsm8k,humaneval).")
-@click.option("--heldout-limit", default=24, show_default=True)
+@click.option("--heldout-limit", default=24, show_default=True, type=click.IntRange(min=1))
 @click.option("--prune", "prune_spec", default="", help="Also replay runtime pruning on the held-out traces: "
               "comma-separated D:keep pairs, e.g. 10:3 (the calibrated D graph, best `keep` nodes per round).")
 @click.option("--gen-length", default=256, show_default=True)
@@ -48,48 +43,50 @@ def _pairs(text: str) -> list:
 @click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--data-dir", default=None, help="Data directory [default: $SPIFFY_DATA or ../shared/data].")
-@click.option("--out", "out_dir", default="calibration", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Calibration root to write the set under [default: $SPIFFY_CACHE/calibration, i.e. "
+                   "~/.cache/spiffy/calibration, which the decoder searches before the shipped sets].")
+@click.option("--force", is_flag=True, help="Replace an existing set for the same model and settings.")
 @click.option("--plot", is_flag=True, help="Draw the selected graphs and NFE reduction vs budget (PNG).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, prune_spec,
-              gen_length, block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, plot, device, dtype,
-              raw):
-    """Trace the baseline on a prompt set, select draft graphs per budget, write versioned artifacts to
-    OUT/<model>/<setting>/D<k>.json (+ counts.json, report.json)."""
+              gen_length, block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, force, plot,
+              device, dtype, raw):
+    """Trace the baseline on a prompt set, select draft graphs per budget, and write the set
+    OUT/<model>/<setting>_g<gen>_<cache>/ (D<k>.json, counts.json, report.json, prompts.jsonl) as one unit."""
     from ..backends import load_backend
     from ..calibration.pipeline import calibrate as run
     from ..datasets import load_prompts
     from ..errors import SpiffyError
     from ..memory import pin_mmap_threshold
     from ..sampling.config import GenerationConfig
+    from ..speculative.config import MAX_BUDGET
 
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
 
+    if out_dir is None:
+        from ..speculative.calibrated import user_calibration_dir
+
+        out_dir = str(user_calibration_dir())
     try:
-        bl = _budgets(budgets)
+        bl = int_list(budgets, "--budgets", 1, MAX_BUDGET)
+        prune_pairs = _pairs(prune_spec)
         cfg = GenerationConfig(gen_length=gen_length, block_length=block_length,
                                tokens_per_step=None if threshold is not None else tokens_per_step,
                                threshold=threshold, cache=cache, temperature=temperature)
-        backend = load_backend(model, device=device, dtype=dtype)
         rows = []
         for name in dataset.split(","):
             rows += load_prompts(name.strip(), limit, data_dir)
         held = {h.strip(): load_prompts(h.strip(), heldout_limit, data_dir) for h in heldout.split(",") if h.strip()}
+        backend = load_backend(model, device=device, dtype=dtype)
         rep = run(backend, rows, cfg, bl, objective, out_dir, prompt_set=f"{dataset}[:{limit}]", search=search,
-                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True, prune=_pairs(prune_spec))
+                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True, prune=prune_pairs,
+                  force=force, plot=plot)
     except SpiffyError as e:
         fail(str(e))
-    folder = Path(out_dir) / rep["model"] / rep["setting"]
-    if plot:
-        from ..calibration.plot import plot_graph, plot_reduction
-        from ..speculative.graph import load_graph
-
-        for D in bl:
-            plot_graph(load_graph(folder / f"D{D}.json"), folder / f"D{D}.png",
-                       f"{rep['model']} {rep['setting']} D={D} ({objective})")
-        plot_reduction(rep, folder / "nfe_reduction.png")
+    folder = Path(out_dir) / rep["folder"]
     click.echo(markdown_summary(rep))
     click.echo(f"wrote {folder}")
 

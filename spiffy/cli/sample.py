@@ -51,6 +51,20 @@ def fail(msg: str):
     sys.exit(2)
 
 
+def reject_given(ctx: click.Context, names, why: str):
+    """Fail when any of the parameters ``names`` was given on the command line (they do not apply)."""
+    from click.core import ParameterSource
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    given = [flags[n] for n in names if n in flags and ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if given:
+        fail(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+DLLM_ONLY = ("block_length", "steps", "tokens_per_step", "cfg_scale", "remasking", "threshold", "cache", "sampler",
+             "top_p", "top_k", "early_stop", "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch")
+
+
 @main.command()
 @click.option("--model", "model", default=None,
               help="Checkpoint directory, hub id, or tiny-llada/tiny-dream [default: the bundled reference dLLM].")
@@ -67,14 +81,19 @@ def fail(msg: str):
 @click.option("--verify", type=click.Choice(["batch", "packed"]), default=None,
               help="Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
                    "near-lossless otherwise) [default: batch].")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Spiffy: use a calibrated graph even when it was calibrated for another model (experiments only).")
 @ar_sample_options
-def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, **kw):
+def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, allow_mismatch, **kw):
     """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy; or, with
     --target, let the dLLM draft for an autoregressive target whose output is unchanged)."""
     ar = {k: kw.pop(k) for k in AR_SAMPLE_PARAMS}
+    ctx = click.get_current_context()
     if ar["target"] is not None:
+        reject_given(ctx, DLLM_ONLY, "to AR-verifier mode (--target): they are dLLM sampler and Spiffy options")
         return run_ar_sample(model=model, prompt=prompt, device=device, dtype=dtype, raw=raw, as_json=as_json,
                              **ar, **kw)
+    reject_given(ctx, [k for k in AR_SAMPLE_PARAMS if k != "target"], "without --target (AR-verifier mode)")
     from ..errors import ConfigError, SpiffyError
     from ..generate import generate
     from ..backends import load_backend
@@ -88,9 +107,9 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
             if budget is not None and graph_file is not None:
                 raise ConfigError("give --budget or --graph, not both")
             spec = SpeculativeConfig(budget=8 if budget is None else budget, graph=graph_file,
-                                     verify=verify or "batch").validate()
-        elif budget is not None or graph_file is not None or verify is not None:
-            raise ConfigError("--budget, --graph and --verify need --spiffy")
+                                     verify=verify or "batch", allow_mismatch=allow_mismatch).validate()
+        elif budget is not None or graph_file is not None or verify is not None or allow_mismatch:
+            raise ConfigError("--budget, --graph, --verify and --allow-mismatch need --spiffy")
         backend = load_backend(model, device=device, dtype=dtype)
         res = generate(backend, prompt, cfg, chat=not raw, speculative=spec)
     except SpiffyError as e:

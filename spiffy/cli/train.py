@@ -19,10 +19,18 @@ import click
 @click.option("--start-stage", default=None, help="skip the recipe's stages before this one (needs --resume-from)")
 def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, resume_from, start_stage):
     """Train the model a RECIPE describes (tokenizer, pretraining, SFT) and save it with safetensors."""
+    from ..devices import check_device
+    from ..errors import SpiffyError
     from ..train.loop import train
+    from .sample import fail
 
-    summary = train(recipe, data_dir=data_dir, out=out, max_minutes=max_minutes, device=device,
-                    log_path=log_path, resume_from=resume_from, start_stage=start_stage, variant=variant)
+    try:
+        if device != "auto":
+            check_device(device)
+        summary = train(recipe, data_dir=data_dir, out=out, max_minutes=max_minutes, device=device,
+                        log_path=log_path, resume_from=resume_from, start_stage=start_stage, variant=variant)
+    except SpiffyError as e:
+        fail(str(e))
     click.echo(f"saved {summary['name']} ({summary['params']:,} params) in {summary['wall_min']} min")
 
 

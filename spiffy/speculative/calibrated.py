@@ -8,9 +8,12 @@ Layout (written by the calibration tooling, read here)::
 ``<model>`` is the backend's name (the checkpoint directory's name, e.g. ``spiffy-dllm-ref``) or its
 fingerprint (:func:`backend_fingerprint`, 16 hex digits of the model config). ``<setting>`` is
 :func:`setting_key`, e.g. ``b32_k1`` (block 32, one token per step), ``b32_k2``, ``b32_s8`` (an
-uneven 8-step schedule per block), ``b32_thr0.9`` (threshold decoding); a folder
-``<setting>_<cache>`` (e.g. ``b32_k1_dual``) takes precedence for that cache mode. The calibration
-root is ``$SPIFFY_CALIBRATION`` or the repository's ``calibration/``.
+uneven 8-step schedule per block), ``b32_thr0.9`` (threshold decoding). `spiffy calibrate` writes a
+set to ``<setting>_g<gen_length>_<cache>`` (e.g. ``b32_k1_g256_dual``); the decoder prefers that
+folder, then ``<setting>_<cache>`` (the shipped sets, e.g. ``b32_k1_dual``), then ``<setting>``.
+Roots, in order: the user's calibrations (``$SPIFFY_CACHE/calibration``, where `spiffy calibrate` writes
+by default), then the repository's ``calibration/``; ``$SPIFFY_CALIBRATION`` (or an explicit root)
+replaces both.
 """
 from __future__ import annotations
 
@@ -29,13 +32,34 @@ ARTIFACT = "spiffy.calibration"
 ARTIFACT_VERSION = 1
 
 
+def user_calibration_dir() -> Path:
+    """Where `spiffy calibrate` writes by default: ``$SPIFFY_CACHE/calibration`` (``~/.cache/spiffy``)."""
+    from ..named_models import cache_root
+
+    return cache_root() / "calibration"
+
+
 def calibration_root(root=None) -> Path:
+    """The shipped calibration root: ``root``, else ``$SPIFFY_CALIBRATION``, else the repository's."""
     if root is not None:
         return Path(root)
     env = os.environ.get("SPIFFY_CALIBRATION")
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "calibration"
+
+
+def calibration_roots(root=None) -> list:
+    """Roots searched in order: an explicit ``root`` (or ``$SPIFFY_CALIBRATION``) alone; otherwise the
+    user's own calibrations first, then the shipped ones."""
+    if root is not None or os.environ.get("SPIFFY_CALIBRATION"):
+        return [calibration_root(root)]
+    return [user_calibration_dir(), calibration_root()]
+
+
+def set_folder_name(setting: str, gen_length: int, cache: str) -> str:
+    """The folder of a calibration set: every setting the graph depends on, e.g. ``b32_k1_g256_dual``."""
+    return f"{setting}_g{gen_length}_{cache}"
 
 
 def backend_fingerprint(backend) -> str:
@@ -56,25 +80,32 @@ def setting_key(cfg, sampler: str) -> str:
 
 
 def find_calibrated_graph(model_names: Sequence[str], setting: str, budget: int, cache: Optional[str] = None,
-                          root=None) -> Optional[Path]:
-    """The calibrated graph file for a model (any of ``model_names``), setting and budget, or None."""
-    base = calibration_root(root)
-    if not base.is_dir():
-        return None
-    folders = ([f"{setting}_{cache}"] if cache else []) + [setting]
-    for name in model_names:
-        for folder in folders:
-            d = base / name / folder
-            for fname in (f"D{budget}.json", "graph.json"):
-                if (d / fname).is_file():
-                    return d / fname
+                          root=None, gen_length: Optional[int] = None) -> Optional[Path]:
+    """The calibrated graph file for a model (any of ``model_names``), setting and budget, or None. A set
+    made for this generation length and cache mode wins over one without the length in its name."""
+    folders = []
+    if gen_length is not None and cache:
+        folders.append(set_folder_name(setting, gen_length, cache))
+    folders += ([f"{setting}_{cache}"] if cache else [])
+    if gen_length is not None:
+        folders.append(f"{setting}_g{gen_length}")
+    folders.append(setting)
+    for base in calibration_roots(root):
+        if not base.is_dir():
+            continue
+        for name in model_names:
+            for folder in folders:
+                d = base / name / folder
+                for fname in (f"D{budget}.json", "graph.json"):
+                    if (d / fname).is_file():
+                        return d / fname
     return None
 
 
 def calibrated_graph_for(backend, cfg, sampler: str, budget: int, root=None) -> Optional[Path]:
     """Lookup hook used by the decoder: the backend's name first, then its fingerprint."""
     return find_calibrated_graph([backend.name, backend_fingerprint(backend)], setting_key(cfg, sampler), budget,
-                                 cfg.cache, root)
+                                 cfg.cache, root, cfg.gen_length)
 
 
 def check_meta(meta: dict, where: str, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,

@@ -12,6 +12,9 @@ from .proposer import Pruner
 from .verifier import VERIFY_MODES
 
 
+MAX_BUDGET = 64   # draft states per model call; the graphs of larger budgets take seconds to build and never pay
+
+
 @dataclass
 class SpeculativeConfig:
     """Spiffy's settings.
@@ -50,6 +53,9 @@ class SpeculativeConfig:
             raise ConfigError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
         if self.graph is None and (not isinstance(self.budget, int) or self.budget < 0):
             raise ConfigError(f"budget must be a non-negative integer, got {self.budget!r}")
+        if self.graph is None and self.budget > MAX_BUDGET:
+            raise ConfigError(f"budget {self.budget} is beyond anything useful: each draft state is one more copy "
+                              f"evaluated per model call (the paper's budgets are 3-10); use at most {MAX_BUDGET}")
         if isinstance(self.prune, bool) or (isinstance(self.prune, int) and self.prune < 0):
             raise ConfigError(f"prune must be a non-negative integer or a Pruner, got {self.prune!r}")
         return self

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import networkx as nx
 
 from ..errors import ConfigError
-from .calibrated import calibrated_graph_for, load_graph_artifact
+from .calibrated import calibrated_graph_for, check_meta, load_graph_artifact
 from .defaults import default_graph
 from ..sampling.schedule import block_schedule
 from .graph import ROOT, budget_of, counts_of, is_fixed, load_graph
@@ -44,7 +44,10 @@ class GraphProvider:
         elif g is not None:
             self.source = "user" if isinstance(g, nx.DiGraph) else f"file:{g}"
             if not isinstance(g, nx.DiGraph):
-                g = load_graph(g)
+                path, g = g, load_graph(g)
+                meta = g.graph.get("meta") or {}
+                if meta.get("artifact") is not None:   # a calibrated graph: the same checks as a found one
+                    check_meta(meta, str(path), backend, None, spec.allow_mismatch)
         if g is not None:
             if is_fixed(g) == self.variable:
                 want = "variable (threshold decoding)" if self.variable else "fixed (a set number of tokens per step)"

@@ -1,0 +1,37 @@
+"""Check a ``--device`` before anything loads: one clear line naming the devices this machine has."""
+from __future__ import annotations
+
+from .errors import ConfigError
+
+
+def available_devices() -> list:
+    import torch
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(device) -> str:
+    """Return ``device`` as given when this machine has it; otherwise raise :class:`ConfigError`."""
+    import torch
+
+    have = available_devices()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name; this machine has: {', '.join(have)}") from None
+    if d.type == "cpu":
+        return str(device)
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (d.index is not None and d.index >= n):
+            raise ConfigError(f"--device {device!r} is not available here; this machine has: {', '.join(have)}")
+        return str(device)
+    if d.type == "mps" and "mps" in have:
+        return str(device)
+    raise ConfigError(f"--device {device!r} is not available here; this machine has: {', '.join(have)}")
