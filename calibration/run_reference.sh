@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 data=${1:-${SPIFFY_DATA:-../shared/data}}
 export OMP_NUM_THREADS=1
 common=(--dataset gsm8k-train,mbpp-train --limit 12 --budgets 3,5,8,10 --heldout gsm8k,humaneval --heldout-limit 12
-        --gen-length 256 --block-length 32 --data-dir "$data" --out calibration --plot)
+        --gen-length 256 --block-length 32 --data-dir "$data" --out calibration --force --plot)
 mkdir -p runs
 spiffy calibrate "${common[@]}" --cache none --prune 10:3 > runs/calib_k1_none.log 2>&1 &
 spiffy calibrate "${common[@]}" --cache dual > runs/calib_k1_dual.log 2>&1 &

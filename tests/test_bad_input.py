@@ -77,6 +77,10 @@ CASES = {
                               "--block-length", "8", "--spiffy", "--graph", "graph.json"], "graph.json"),
     "unknown model path": (["sample", "--model", "./no/such/model", "--prompt", "a"], "not found"),
     "unknown command": (["frobnicate"], "No such command"),
+    "missing recipe": (["train", "--recipe", "nope.json"], "does not exist"),
+    "training on a missing GPU": (["train", "--recipe", "ok.jsonl", "--device", "cuda"], "this machine has"),
+    "zero block length": (["sample", "--model", "tiny-llada", "--prompt", "a", "--block-length", "0"],
+                          "block_length must be positive"),
     "unknown named model": (["models", "fetch", "gpt-17"], "unknown model name"),
 }
 

@@ -126,7 +126,7 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
     final = None
     if out_dir is not None:
         final = Path(out_dir) / model / set_folder_name(setting_key(cfg, sampler_of(backend, cfg)), cfg.gen_length,
-                                                        cfg.cache)
+                                                        cfg.cache, cfg.temperature)
         setdir.check_free(final, force)
     max_depth = max(budgets)
     step_counts = step_counts_for(backend, cfg, max_depth)

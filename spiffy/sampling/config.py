@@ -66,16 +66,22 @@ class GenerationConfig:
     def validate(self, prompt_length: int = 0, context_length: Optional[int] = None) -> "GenerationConfig":
         if self.gen_length <= 0:
             raise ConfigError(f"gen_length must be positive, got {self.gen_length}")
-        if self.block_length <= 0 or self.gen_length % self.block_length:
+        if self.block_length <= 0:
+            raise ConfigError(f"block_length must be positive, got {self.block_length}")
+        if self.gen_length % self.block_length:
             raise ConfigError(f"gen_length {self.gen_length} is not divisible by block_length {self.block_length}")
         if self.tokens_per_step is not None:
             if self.steps is not None:
                 raise ConfigError("give steps or tokens_per_step, not both")
-            if self.tokens_per_step <= 0 or self.block_length % self.tokens_per_step:
+            if self.tokens_per_step <= 0:
+                raise ConfigError(f"tokens_per_step must be positive, got {self.tokens_per_step}")
+            if self.block_length % self.tokens_per_step:
                 raise ConfigError(
                     f"tokens_per_step {self.tokens_per_step} must divide block_length {self.block_length}")
         steps = self.resolved_steps()
-        if steps <= 0 or steps % self.num_blocks:
+        if steps <= 0:
+            raise ConfigError(f"steps must be positive, got {steps}")
+        if steps % self.num_blocks:
             raise ConfigError(f"steps {steps} is not divisible by the number of blocks {self.num_blocks}")
         if steps > self.gen_length:
             raise ConfigError(f"steps {steps} exceed gen_length {self.gen_length}: a step would commit nothing")

@@ -57,9 +57,11 @@ def calibration_roots(root=None) -> list:
     return [user_calibration_dir(), calibration_root()]
 
 
-def set_folder_name(setting: str, gen_length: int, cache: str) -> str:
-    """The folder of a calibration set: every setting the graph depends on, e.g. ``b32_k1_g256_dual``."""
-    return f"{setting}_g{gen_length}_{cache}"
+def set_folder_name(setting: str, gen_length: int, cache: str, temperature: float = 0.0) -> str:
+    """The folder of a calibration set: every setting its graph depends on, e.g. ``b32_k1_g256_dual``
+    (greedy) or ``b32_k1_g256_t0.7_dual`` (traced with sampling at T = 0.7)."""
+    temp = f"_t{temperature:g}" if temperature else ""
+    return f"{setting}_g{gen_length}{temp}_{cache}"
 
 
 def backend_fingerprint(backend) -> str:
@@ -80,12 +82,12 @@ def setting_key(cfg, sampler: str) -> str:
 
 
 def find_calibrated_graph(model_names: Sequence[str], setting: str, budget: int, cache: Optional[str] = None,
-                          root=None, gen_length: Optional[int] = None) -> Optional[Path]:
+                          root=None, gen_length: Optional[int] = None, temperature: float = 0.0) -> Optional[Path]:
     """The calibrated graph file for a model (any of ``model_names``), setting and budget, or None. A set
-    made for this generation length and cache mode wins over one without the length in its name."""
+    made for this generation length, temperature and cache mode wins over one without those in its name."""
     folders = []
     if gen_length is not None and cache:
-        folders.append(set_folder_name(setting, gen_length, cache))
+        folders.append(set_folder_name(setting, gen_length, cache, temperature))
     folders += ([f"{setting}_{cache}"] if cache else [])
     if gen_length is not None:
         folders.append(f"{setting}_g{gen_length}")
@@ -105,7 +107,7 @@ def find_calibrated_graph(model_names: Sequence[str], setting: str, budget: int,
 def calibrated_graph_for(backend, cfg, sampler: str, budget: int, root=None) -> Optional[Path]:
     """Lookup hook used by the decoder: the backend's name first, then its fingerprint."""
     return find_calibrated_graph([backend.name, backend_fingerprint(backend)], setting_key(cfg, sampler), budget,
-                                 cfg.cache, root, cfg.gen_length)
+                                 cfg.cache, root, cfg.gen_length, cfg.temperature)
 
 
 def check_meta(meta: dict, where: str, backend=None, setting: Optional[str] = None, allow_mismatch: bool = False,
