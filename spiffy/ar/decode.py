@@ -257,8 +257,8 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
             accepted.append(n_acc)
             drafted.append(n_draft)
             if proposal is not None:
-                if ctl is not None:
-                    ctl.observe(before, n_acc)
+                if ctl is not None and (n_draft or not getattr(drafter, "deterministic", False)):
+                    ctl.observe(before, n_acc)   # a lookup that found nothing says nothing about γ
                 if gate is not None and n_draft:
                     gate.observe(key, n_acc)
         for t in new:
