@@ -10,7 +10,7 @@ import json
 import click
 
 AR_SAMPLE_PARAMS = ("target", "drafter", "draft_length", "adaptive", "min_draft", "max_draft", "path_search", "tree",
-                    "drafter_steps")
+                    "drafter_steps", "gate")
 
 
 def ar_sample_options(f):
@@ -34,6 +34,10 @@ def ar_sample_options(f):
                      help="AR mode: D²SD draft tree with this many branches (0 = one chain)."),
         click.option("--drafter-steps", type=int, default=1, show_default=True,
                      help="AR mode: denoising steps of a dLLM drafter."),
+        click.option("--gate", type=float, default=None,
+                     help="AR mode: cost gate for keyed drafts (prompt lookup): the time of a drafted round over a "
+                          "plain one; a draft is verified only when its running acceptance pays for it "
+                          "[default: 1.8 on CPU, off on GPU; 0 = off]."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -41,7 +45,7 @@ def ar_sample_options(f):
 
 
 def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, draft_length, adaptive, min_draft,
-                  max_draft, path_search, tree, drafter_steps, gen_length, temperature, seed, **_):
+                  max_draft, path_search, tree, drafter_steps, gate, gen_length, temperature, seed, **_):
     from ..errors import ConfigError, SpiffyError
     from .decode import ARDecodeConfig, generate_ar
     from .pair import default_drafter_name, load_drafter_model, make_drafter
@@ -56,7 +60,8 @@ def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, d
             raise ConfigError("give --draft-length or --adaptive, not both")
         cfg = ARDecodeConfig(max_new_tokens=gen_length, draft_length=8 if draft_length is None else draft_length,
                              adaptive=adaptive, min_draft=min_draft, max_draft=max_draft, path_search=path_search,
-                             tree=tree, drafter_steps=drafter_steps, temperature=temperature, seed=seed).check()
+                             tree=tree, drafter_steps=drafter_steps, temperature=temperature, seed=seed,
+                             gate=gate).check()
         tgt = load_causal_lm(target, device=device, dtype=dtype)
         dsrc = drafter or model or default_drafter_name(target)
         if dsrc is None:
@@ -71,7 +76,7 @@ def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, d
         out = {"model": tgt.name, "target": tgt.name, "drafter": d.name, "strategy": res.strategy,
                "prompt_ids": res.prompt_ids, "token_ids": res.token_ids, "text": res.text, "nfe": res.nfe,
                "wall_s": round(res.wall_s, 4), "target_calls": res.target_calls, "drafter_calls": res.drafter_calls,
-               "mean_accepted": round(res.mean_accepted, 4), "accepted": res.accepted,
+               "mean_accepted": round(res.mean_accepted, 4), "accepted": res.accepted, "gated": res.gated,
                "tokens_per_s": round(res.tokens_per_s, 3), "config": res.config}
         click.echo(json.dumps(out))
     else:
