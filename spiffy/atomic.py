@@ -1,10 +1,15 @@
-"""Atomic file writes: a temporary file in the same folder, flushed and fsync'd, then renamed over the
-target. An interrupted write leaves the previous file intact (never a truncated one)."""
+"""Atomic writes. Files: a temporary file in the same folder, flushed and fsync'd, then renamed over the
+target; an interrupted write leaves the previous file intact (never a truncated one). Folders (a
+checkpoint, a calibration set): built in a temporary sibling named after the writing process, then
+renamed into place (:func:`temp_folder`, :func:`replace_folder`); a killed writer leaves the previous
+folder (or none) and a temporary that the next writer removes once that process is gone."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Union
 
@@ -37,3 +42,50 @@ def atomic_write_text(path: Union[str, Path], text: str) -> Path:
 
 def atomic_write_json(path: Union[str, Path], obj, indent=1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_folders(parent: Path):
+    """Temporary folders (``.NAME.tmp-PID-…``, ``.NAME.old-PID-…``) of processes that no longer run."""
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        parts = p.name.split(".")
+        if p.is_dir() and p.name.startswith(".") and len(parts) >= 3 and parts[-1].startswith(("tmp-", "old-")):
+            try:
+                pid = int(parts[-1].split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if not _alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def temp_folder(final: Union[str, Path]) -> Path:
+    """A fresh, empty temporary sibling of ``final`` (stale ones of dead processes are removed first)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(final.parent)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()   # os.mkdir honours the umask (tempfile.mkdtemp would force 0700)
+    return tmp
+
+
+def replace_folder(tmp: Union[str, Path], final: Union[str, Path]):
+    """Move the finished folder ``tmp`` to ``final``; a folder already there is moved aside, then removed."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

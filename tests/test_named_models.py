@@ -76,7 +76,7 @@ def test_unreachable_network(cache):
 
 
 def test_stale_temporary_folders_are_removed(cache, tmp_path):
-    stale = cache / "models" / f".{SPEC.name}.tmp-killed"
+    stale = cache / "models" / f".{SPEC.name}.tmp-999999999-killed"   # a pid that no longer runs
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"half")
     w = _wheel(tmp_path / "w.whl", b"bad")

@@ -281,12 +281,15 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
 
 
 @torch.no_grad()
-def hf_generate(target, prompt_ids: list, max_new_tokens: int, temperature: float = 0.0) -> list:
-    """The target's own transformers ``generate`` (greedy), new tokens up to and including a stop token."""
+def hf_generate(target, prompt_ids: list, max_new_tokens: int, temperature: float = 0.0,
+                prompt_lookup_num_tokens: Optional[int] = None) -> list:
+    """The target's own transformers ``generate`` (greedy; with ``prompt_lookup_num_tokens``, transformers'
+    prompt-lookup decoding), new tokens up to and including a stop token."""
     x = torch.tensor([prompt_ids], dtype=torch.long, device=target.device)
     eos = target.stop_ids or None
     pad = eos[0] if eos else 0
+    extra = {"prompt_lookup_num_tokens": prompt_lookup_num_tokens} if prompt_lookup_num_tokens else {}
     out = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                                do_sample=False, eos_token_id=eos, pad_token_id=pad, min_new_tokens=0)
+                                do_sample=False, eos_token_id=eos, pad_token_id=pad, min_new_tokens=0, **extra)
     new = out[0, len(prompt_ids):].tolist()
     return _cut_after_stop(new, set(target.stop_ids))

@@ -89,18 +89,6 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _ints(text: str, what: str) -> list:
-    from ..errors import ConfigError
-
-    try:
-        vals = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers (got {text!r})") from None
-    if not vals or min(vals) < 1:
-        raise ConfigError(f"{what} must be integers >= 1 (got {text!r})")
-    return vals
-
-
 class _ForwardCounter:
     """Counts forwards of a transformers model (for transformers' own decoders, which do not report them)."""
 
@@ -113,23 +101,13 @@ class _ForwardCounter:
 
 
 def _hf_run(target, counter, ids, gen_length, lookup_tokens=None) -> dict:
-    """transformers ``generate(do_sample=False)``, plain or with prompt lookup; tokens up to the first stop."""
-    import torch
+    """transformers ``generate(do_sample=False)``, plain or with prompt lookup, timed and its forwards counted."""
+    from ..ar.decode import hf_generate
 
-    from ..ar.decode import _cut_after_stop
-
-    x = torch.tensor([ids], dtype=torch.long, device=target.device)
-    eos = target.stop_ids or None
-    kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=gen_length, do_sample=False, eos_token_id=eos,
-              pad_token_id=eos[0] if eos else 0)
-    if lookup_tokens:
-        kw["prompt_lookup_num_tokens"] = lookup_tokens
     c0 = counter.n
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = target.model.generate(x, **kw)
+    toks = hf_generate(target, ids, gen_length, prompt_lookup_num_tokens=lookup_tokens)
     wall = time.perf_counter() - t0
-    toks = _cut_after_stop(out[0, len(ids):].tolist(), set(target.stop_ids))
     calls = counter.n - c0
     # transformers' prefill already yields the first token, so every forward is a round
     return {"tokens": toks, "wall_s": wall, "target_calls": calls, "rounds": max(1, calls)}
@@ -165,6 +143,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
     from ..ar.target import load_causal_lm
     from ..datasets import load_prompts
     from ..errors import ConfigError
+    from ..parse import int_list
     from .machine import machine_info
 
     say = (lambda s: click.echo(s, err=True)) if echo else (lambda s: None)
@@ -179,7 +158,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
         raise ConfigError(f"unknown strategies {unknown or strategies!r}: choose from {', '.join(STRATEGIES)}")
-    hf_ks = _ints(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
+    hf_ks = int_list(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
     sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before any model loads
     tpath = ar_target or str(_REPO / "models" / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
@@ -293,7 +272,7 @@ def _aggregate(dataset, strategy, runs) -> dict:
                 by_pos[i] += 1
     n_rounds = sum(len(x["accepted"]) for x in runs)
     return {"dataset": dataset, "strategy": strategy, "prompts": len(runs), "tokens": tokens,
-            "tokens_per_target_call": tokens / max(1, rounds), "mean_accepted": tokens / max(1, rounds),
+            "tokens_per_target_call": tokens / max(1, rounds),
             "target_calls": _mean(x["target_calls"] for x in runs),
             "drafter_calls": _mean(x["drafter_calls"] for x in runs),
             "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall,

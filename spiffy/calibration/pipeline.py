@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,14 +12,13 @@ from typing import Optional, Sequence
 
 import networkx as nx
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import ConfigError
+from ..atomic import atomic_write_json, atomic_write_text, replace_folder, temp_folder
+from ..errors import ArtifactError, ConfigError
 from ..sampling.baseline import sampler_of
 from ..sampling.schedule import block_schedule
 from ..speculative.calibrated import set_folder_name, setting_key
 from ..speculative.defaults import default_graph
 from ..speculative.graph import ROOT, load_graph, make_graph
-from . import setdir
 from .artifact import write_graph_artifact
 from .counts import formula_counts, possibility_graph, possibility_to_dict
 from ..backends.fingerprint import model_fingerprint
@@ -110,7 +110,8 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
               plot: bool = False) -> dict:
     """Calibrate graphs for ``budgets``; when ``out_dir`` is given, write the set
     ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json, prompts.jsonl,
-    and with ``plot`` the PNGs) as one unit (:mod:`spiffy.calibration.setdir`); an existing set is
+    and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.temp_folder` and
+    :func:`~spiffy.atomic.replace_folder`: a killed run leaves the old set or none, never a mix); an existing set is
     replaced only with ``force``, and that is checked before any tracing. ``heldout``: {name: rows} evaluated with every objective,
     the default graphs and the in-sample ceiling. ``prune``: pairs (D, keep): the calibrated D graph
     pruned at run time to ``keep`` nodes per round (child-aware score), replayed on the held-out
@@ -127,7 +128,7 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
     if out_dir is not None:
         final = Path(out_dir) / model / set_folder_name(setting_key(cfg, sampler_of(backend, cfg)), cfg.gen_length,
                                                         cfg.cache, cfg.temperature)
-        setdir.check_free(final, force)
+        _check_free(final, force)
     max_depth = max(budgets)
     step_counts = step_counts_for(backend, cfg, max_depth)
     calib = trace_set(backend, prompt_set, rows, cfg, max_depth, token_ranks, chat, progress)
@@ -165,19 +166,27 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     if final is not None:
         report["folder"] = f"{model}/{final.name}"
-        tmp = setdir.begin(final, force)
+        _check_free(final, force)   # again: another run may have written it meanwhile
+        tmp = temp_folder(final)
         try:
             write_artifacts(report, chosen, counts, calib, step_counts, cfg, tmp, rows)
             if plot:
                 plot_set(report, tmp)
-            setdir.commit(tmp, final, force)
+            _check_free(final, force)
+            replace_folder(tmp, final)
         except BaseException:
-            setdir.discard(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
     report["_chosen"] = chosen
     report["_sets"] = {"calibration": calib, **held_sets}
     report["_step_counts"] = step_counts
     return report
+
+
+def _check_free(final: Path, force: bool):
+    if final.exists() and not force:
+        raise ArtifactError(f"{final} already holds a calibration set: pass --force to replace it, or choose "
+                            "another --out")
 
 
 def prompt_set_file(folder: Path, rel: str, name: str, rows) -> dict:

@@ -19,7 +19,7 @@ from .sample import decode_options, fail, reject_given
 from ..bench.ar import ar_click_options  # noqa: E402
 
 AR_OPTIONS: list = ar_click_options()
-_AR_PARAMS = [o(lambda: None).__click_params__[0] for o in AR_OPTIONS]   # the click.Option objects, for names
+AR_BENCH_ONLY = tuple(o(lambda: None).__click_params__[0].name for o in AR_OPTIONS)   # their parameter names
 DLLM_BENCH_ONLY = ("budgets", "graph_file", "use_calibration", "prune", "verify", "caches", "thresholds", "ks", "predict",
                    "ceiling", "vanilla", "allow_mismatch", "block_length", "cfg_scale", "remasking", "sampler", "top_p",
                    "top_k", "early_stop")
@@ -88,11 +88,10 @@ def bench(mode, **kw):
 
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
     ctx = click.get_current_context()
-    ar_names = [p.name for p in ctx.command.params if p.name in {o.name for o in _AR_PARAMS}]
     if mode == "ar":
         reject_given(ctx, DLLM_BENCH_ONLY, "to --mode ar (they set the dLLM benchmark)")
     else:
-        reject_given(ctx, ar_names, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
+        reject_given(ctx, AR_BENCH_ONLY, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -115,7 +114,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
     from ..datasets import load_prompts
     from ..errors import SpiffyError
     from ..speculative.config import MAX_BUDGET
-    from .parse import int_list
+    from ..parse import int_list
     from .sample import config_from
 
     if threads:

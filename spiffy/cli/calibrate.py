@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from . import main
-from .parse import int_list
+from ..parse import int_list
 from .sample import fail
 
 

@@ -89,8 +89,6 @@ def find_calibrated_graph(model_names: Sequence[str], setting: str, budget: int,
     if gen_length is not None and cache:
         folders.append(set_folder_name(setting, gen_length, cache, temperature))
     folders += ([f"{setting}_{cache}"] if cache else [])
-    if gen_length is not None:
-        folders.append(f"{setting}_g{gen_length}")
     folders.append(setting)
     for base in calibration_roots(root):
         if not base.is_dir():
