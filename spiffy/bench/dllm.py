@@ -10,6 +10,7 @@ baseline) gives the combined tokens/s gain of each Spiffy setting over plain sam
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -92,78 +93,134 @@ class Row:
         return d
 
 
+def resolve_specs(backend, cfg: GenerationConfig, budgets: Sequence[int], verify: str, graph, prune,
+                  use_calibration: bool, allow_mismatch: bool) -> dict:
+    """{D: (SpeculativeConfig, graph source)}: a calibrated graph when one exists and
+    ``use_calibration``, else the default (or ``graph``); resolved once, before decoding."""
+    specs = {}
+    for D in budgets:
+        spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False,
+                                 allow_mismatch=allow_mismatch)
+        source = "default"
+        if graph is None and use_calibration:
+            path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
+            if path is not None:
+                spec.graph = load_graph_artifact(path, backend, allow_mismatch=allow_mismatch)   # the decoder's own checks
+                source = f"calibrated:{path}"
+        specs[D] = (spec, source)
+    return specs
+
+
+def measure_prompt(backend, p: list, plan: list, vanilla_cfg: Optional[GenerationConfig], predict: bool,
+                   ceiling: bool) -> dict:
+    """Every decode of one prompt: the vanilla reference, then per setting of ``plan`` ((cfg, specs)
+    pairs) the baseline and Spiffy at each budget, in this process (so the per-prompt ratios compare
+    runs on the same device). Plain numbers and token ids only (it travels between ranks)."""
+    rec = {"vanilla": None, "settings": []}
+    if vanilla_cfg is not None:
+        r = generate_baseline(backend, [p], vanilla_cfg)
+        rec["vanilla"] = {"wall_s": r.wall_s, "tokens": len(r.token_ids[0]), "nfe": r.nfe}
+    for cfg, specs in plan:
+        base = generate_baseline(backend, [p], cfg)
+        traces = None
+        if predict or ceiling:
+            _, traces = trace_baseline(backend, p, cfg, k=4)
+        doubled = cfg.cfg_scale > 0
+        runs = {}
+        for D, (spec, _) in specs.items():
+            res = generate_speculative(backend, [p], cfg, spec)
+            st = res.stats
+            run = {"nfe": res.nfe, "wall_s": res.wall_s, "tokens": res.token_ids[0], "rounds": st.rounds,
+                   "accepted": st.accepted, "model_s": st.model_s, "drafting_s": st.drafting_s,
+                   "bookkeeping_s": st.bookkeeping_s, "exact": st.exact}
+            if traces is not None and predict:
+                provider, _ = provider_for(backend, cfg, spec)
+                run["predicted_nfe"] = replay_nfe(traces, provider, backend.mask_id, spec.pruner(), doubled)["nfe"]
+                assert baseline_nfe(traces, doubled) == base.nfe
+            if traces is not None and ceiling:
+                run["ceiling_nfe"] = ceiling_nfe(traces, D, doubled)
+            runs[D] = run
+        rec["settings"].append({"base": {"nfe": base.nfe, "wall_s": base.wall_s, "tokens": base.token_ids[0]},
+                                "runs": runs})
+    return rec
+
+
 def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting], budgets: Sequence[int],
                    base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
                    vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
-                   use_calibration: bool = True, allow_mismatch: bool = False) -> dict:
-    """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...]}. The draft graph of each
-    (setting, budget) is resolved once, before decoding (a calibrated graph when one exists and
-    ``use_calibration``, else the default), so every prompt, and the replay, use the same graph."""
+                   use_calibration: bool = True, allow_mismatch: bool = False, sharding=None) -> Optional[dict]:
+    """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...], "outputs": [...]}
+    (``outputs``: per prompt and setting, the baseline's and each budget's token ids). The draft graph
+    of each (setting, budget) is resolved once, before decoding, so every prompt, and the replay, use
+    the same graph. ``sharding`` (:class:`spiffy.distributed.Sharding`): prompts spread over the ranks
+    of a torchrun job; rank 0 aggregates and returns the result, the other ranks return None."""
+    from ..backends.fingerprint import model_fingerprint
+    from ..distributed import Sharding
+
     say = progress or (lambda s: None)
-    out = {"rows": []}
-    vanilla_tps = None
-    if vanilla:
-        vcfg = Setting("none", None, 1).config(base_cfg)
-        wall = tokens = nfe = 0
-        for p in prompts:
-            r = generate_baseline(backend, [p], vcfg)
-            wall += r.wall_s
-            tokens += len(r.token_ids[0])
-            nfe += r.nfe
-        vanilla_tps = tokens / wall if wall else None
-        out["vanilla"] = {"setting": "cache=none,k1 (baseline)", "nfe": nfe, "wall_s": round(wall, 4),
-                          "tokens_per_s": round(vanilla_tps, 3) if vanilla_tps else None}
-        say(f"vanilla: {out['vanilla']}")
+    sharding = sharding or Sharding(save=False)
+    plan = []
     for st in settings:
         cfg = st.config(base_cfg)
-        rows = {D: Row(st.name, D) for D in budgets}
-        specs = {}
-        for D in budgets:
-            spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False,
-                                     allow_mismatch=allow_mismatch)
-            if graph is None and use_calibration:
-                path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
-                if path is not None:
-                    spec.graph = load_graph_artifact(path, backend, allow_mismatch=allow_mismatch)   # the decoder's own checks
-                    rows[D].graph_source = f"calibrated:{path}"
-            specs[D] = spec
-        for i, p in enumerate(prompts):
-            base = generate_baseline(backend, [p], cfg)
-            traces = None
-            if predict or ceiling:
-                _, traces = trace_baseline(backend, p, cfg, k=4)
-            for D in budgets:
-                spec = specs[D]
-                res = generate_speculative(backend, [p], cfg, spec)
+        plan.append((cfg, resolve_specs(backend, cfg, budgets, verify, graph, prune, use_calibration, allow_mismatch)))
+    vanilla_cfg = Setting("none", None, 1).config(base_cfg) if vanilla else None
+    job = {"model": model_fingerprint(backend), "base": base_cfg.to_dict(), "settings": [s.name for s in settings],
+           "budgets": list(budgets), "verify": verify, "graph": str(graph), "prune": prune, "predict": predict,
+           "ceiling": ceiling, "vanilla": vanilla, "use_calibration": use_calibration,
+           "graphs": [[src for _, src in specs.values()] for _, specs in plan], "prompts": prompts}
+    done = [0]
+
+    def one(p):
+        rec = measure_prompt(backend, p, plan, vanilla_cfg, predict, ceiling)
+        done[0] += 1
+        say(f"{done[0]} prompt(s) decoded")
+        return rec
+
+    records = sharding.map(list(prompts), one, "bench", job)
+    if records is None:
+        return None
+    return aggregate(records, settings, plan, vanilla)
+
+
+def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool) -> dict:
+    """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order)."""
+    out = {"rows": [], "outputs": []}
+    vanilla_tps = None
+    if vanilla:
+        wall = sum(r["vanilla"]["wall_s"] for r in records)
+        tokens = sum(r["vanilla"]["tokens"] for r in records)
+        vanilla_tps = tokens / wall if wall else None
+        out["vanilla"] = {"setting": "cache=none,k1 (baseline)", "nfe": sum(r["vanilla"]["nfe"] for r in records),
+                          "wall_s": round(wall, 4), "tokens_per_s": round(vanilla_tps, 3) if vanilla_tps else None}
+    for i, (st, (_, specs)) in enumerate(zip(settings, plan)):
+        rows = {D: Row(st.name, D, graph_source=src) for D, (_, src) in specs.items()}
+        for j, rec in enumerate(records):
+            base = rec["settings"][i]["base"]
+            out["outputs"].append({"prompt": j, "setting": st.name, "baseline": base["tokens"],
+                                   "spiffy": {str(D): run["tokens"] for D, run in rec["settings"][i]["runs"].items()}})
+            for D, run in rec["settings"][i]["runs"].items():
                 row = rows[D]
                 row.prompts += 1
-                row.base_nfe += base.nfe
-                row.nfe += res.nfe
-                row.base_wall_s += base.wall_s
-                row.wall_s += res.wall_s
-                row.per_prompt_nfe_ratio.append(base.nfe / res.nfe)
-                row.per_prompt_wall_ratio.append(base.wall_s / res.wall_s)
-                row.tokens += len(res.token_ids[0])
-                row.identical += int(res.token_ids == base.token_ids)
-                row.rounds += res.stats.rounds
-                row.accepted += res.stats.accepted
-                row.model_s += res.stats.model_s
-                row.drafting_s += res.stats.drafting_s
-                row.bookkeeping_s += res.stats.bookkeeping_s
-                if not res.stats.exact:
-                    row.mismatches = (row.mismatches or 0) + int(res.token_ids != base.token_ids)
-                if traces is not None:
-                    doubled = cfg.cfg_scale > 0
-                    if predict:
-                        provider, _ = provider_for(backend, cfg, spec)
-                        pr = replay_nfe(traces, provider, backend.mask_id, spec.pruner(), doubled)
-                        row.predicted_nfe = (row.predicted_nfe or 0) + pr["nfe"]
-                        assert baseline_nfe(traces, doubled) == base.nfe
-                    if ceiling:
-                        row.ceiling_nfe = (row.ceiling_nfe or 0) + ceiling_nfe(traces, D, doubled)
-            say(f"{st.name}: prompt {i + 1}/{len(prompts)} done")
-        for D in budgets:
-            out["rows"].append(rows[D].summary(vanilla_tps))
+                row.base_nfe += base["nfe"]
+                row.nfe += run["nfe"]
+                row.base_wall_s += base["wall_s"]
+                row.wall_s += run["wall_s"]
+                row.per_prompt_nfe_ratio.append(base["nfe"] / run["nfe"])
+                row.per_prompt_wall_ratio.append(base["wall_s"] / run["wall_s"])
+                row.tokens += len(run["tokens"])
+                row.identical += int(run["tokens"] == base["tokens"])
+                row.rounds += run["rounds"]
+                row.accepted += run["accepted"]
+                row.model_s += run["model_s"]
+                row.drafting_s += run["drafting_s"]
+                row.bookkeeping_s += run["bookkeeping_s"]
+                if not run["exact"]:
+                    row.mismatches = (row.mismatches or 0) + int(run["tokens"] != base["tokens"])
+                if "predicted_nfe" in run:
+                    row.predicted_nfe = (row.predicted_nfe or 0) + run["predicted_nfe"]
+                if "ceiling_nfe" in run:
+                    row.ceiling_nfe = (row.ceiling_nfe or 0) + run["ceiling_nfe"]
+        out["rows"] += [rows[D].summary(vanilla_tps) for D in rows]
     return out
 
 
@@ -229,9 +286,14 @@ def plot(result: dict, path: Path, paper: bool = True) -> Path:
 
 
 def write_outputs(result: dict, out_dir: Path, predict: bool, ceiling: bool) -> dict:
+    """bench.json (without the token ids), bench.md, tokens.jsonl (per prompt, setting and budget: the
+    baseline's and Spiffy's token ids) and the plot; each file written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "nfe_vs_budget.png"}
-    atomic_write_json(paths["json"], result)   # a crash never leaves half a file
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "tokens": out_dir / "tokens.jsonl",
+             "plot": out_dir / "nfe_vs_budget.png"}
+    outputs = result.get("outputs", [])
+    atomic_write_json(paths["json"], {k: v for k, v in result.items() if k != "outputs"})   # never half a file
+    atomic_write_text(paths["tokens"], "".join(json.dumps(o) + "\n" for o in outputs))
     atomic_write_text(paths["markdown"], markdown_table(result, predict, ceiling))
     tmp = out_dir / ".nfe_vs_budget.tmp.png"
     plot(result, tmp)

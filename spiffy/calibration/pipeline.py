@@ -62,9 +62,24 @@ def encode_prompts(backend, rows: Sequence[dict], chat: bool = True) -> list:
 
 def trace_set(backend, name: str, rows: Sequence[dict], cfg, max_depth: int, token_ranks: int = 4,
               chat: bool = True, progress: bool = False) -> TraceSet:
-    ids = encode_prompts(backend, rows, chat)
-    results, traces = collect_traces(backend, ids, cfg, token_ranks, progress)
-    return TraceSet(name, list(rows), chains_of(traces, backend.mask_id, max_depth), results, traces)
+    return trace_sets(backend, [(name, rows)], cfg, max_depth, token_ranks, chat, progress)[0]
+
+
+def trace_sets(backend, named: Sequence[tuple], cfg, max_depth: int, token_ranks: int = 4, chat: bool = True,
+               progress: bool = False, sharding=None) -> Optional[list]:
+    """Trace several (name, rows) prompt sets in one pass (under torch.distributed, one pass spread over
+    the ranks: rank 0 gets every set, the other ranks None)."""
+    ids = [encode_prompts(backend, rows, chat) for _, rows in named]
+    got = collect_traces(backend, [p for group in ids for p in group], cfg, token_ranks, progress, sharding)
+    if got is None:
+        return None
+    results, traces = got
+    out, i = [], 0
+    for (name, rows), group in zip(named, ids):
+        tr = traces[i:i + len(group)]
+        out.append(TraceSet(name, list(rows), chains_of(tr, backend.mask_id, max_depth), results[i:i + len(group)], tr))
+        i += len(group)
+    return out
 
 
 def graph_from_nodes(nodes, step_counts, meta=None) -> nx.DiGraph:
@@ -107,7 +122,7 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
               out_dir=None, prompt_set: str = "custom", search: str = "greedy", token_ranks: int = 4,
               heldout: Optional[dict] = None, chat: bool = True, progress: bool = False, model_name: Optional[str] = None,
               compare_objectives: Sequence[str] = OBJECTIVES, prune: Sequence[tuple] = (), force: bool = False,
-              plot: bool = False) -> dict:
+              plot: bool = False, sharding=None) -> Optional[dict]:
     """Calibrate graphs for ``budgets``; when ``out_dir`` is given, write the set
     ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json, prompts.jsonl,
     and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.temp_folder` and
@@ -115,7 +130,9 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
     replaced only with ``force``, and that is checked before any tracing. ``heldout``: {name: rows} evaluated with every objective,
     the default graphs and the in-sample ceiling. ``prune``: pairs (D, keep): the calibrated D graph
     pruned at run time to ``keep`` nodes per round (child-aware score), replayed on the held-out
-    traces. Returns the report."""
+    traces. ``sharding`` (:class:`spiffy.distributed.Sharding`): spread the tracing over the ranks of a
+    torch.distributed job and save finished shards for ``--resume``; rank 0 selects, writes and
+    returns the report, the other ranks return None. Returns the report."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if not budgets or any(b < 1 for b in budgets):
@@ -131,7 +148,11 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
         _check_free(final, force)
     max_depth = max(budgets)
     step_counts = step_counts_for(backend, cfg, max_depth)
-    calib = trace_set(backend, prompt_set, rows, cfg, max_depth, token_ranks, chat, progress)
+    traced = trace_sets(backend, [(prompt_set, rows), *(heldout or {}).items()], cfg, max_depth, token_ranks, chat,
+                        progress, sharding)
+    if traced is None:   # another rank of a distributed job: rank 0 selects and writes
+        return None
+    calib, held_traced = traced[0], traced[1:]
     counts = formula_counts(calib.chains)
     indexed = IndexedChains(calib.chains)
     fp = model_fingerprint(backend)
@@ -147,8 +168,8 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
             report["graphs"].setdefault(str(D), {})[obj] = {"calibration": evaluate_nodes(calib, nodes),
                                                             "nodes": sorted([list(map(list, f)) for f in nodes])}
     held_sets = {}
-    for name, hrows in (heldout or {}).items():
-        ts = trace_set(backend, name, hrows, cfg, max_depth, token_ranks, chat, progress)
+    for ts in held_traced:
+        name, hrows = ts.name, ts.prompts
         held_sets[name] = ts
         hcounts = formula_counts(ts.chains)
         hidx = IndexedChains(ts.chains)
@@ -177,6 +198,8 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    if sharding is not None:
+        sharding.finished()
     report["_chosen"] = chosen
     report["_sets"] = {"calibration": calib, **held_sets}
     report["_step_counts"] = step_counts

@@ -11,9 +11,12 @@ the recorded token ranks, and at S_{T-1} (the last state whose distribution is n
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Optional
 
+from ..backends.fingerprint import model_fingerprint
 from ..errors import ConfigError
 from ..speculative.graph import formula
 from ..speculative.proposer import position_order
@@ -65,24 +68,23 @@ def block_chains(trace, mask_id: int, max_depth: int) -> BlockChains:
     return BlockChains(T, chains)
 
 
-def collect_traces(backend, prompts: list, cfg, token_ranks: int = 4, progress: bool = False):
-    """Baseline traces for token-id prompts. Returns (results, [per-prompt list of BlockTrace])."""
+def collect_traces(backend, prompts: list, cfg, token_ranks: int = 4, progress: bool = False, sharding=None):
+    """Baseline traces for token-id prompts. Returns (results, [per-prompt list of BlockTrace]); under
+    torch.distributed (``sharding``: :class:`spiffy.distributed.Sharding`) the prompts are spread over
+    the ranks, rank 0 gets them all in prompt order and the other ranks get None."""
+    from ..distributed import Sharding
     from ..memory import pin_mmap_threshold
     from ..speculative.replay import trace_baseline
 
     pin_mmap_threshold()   # many prompts x 256 steps of large temporaries: see spiffy.memory
-
-    it = prompts
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(prompts, desc="tracing", unit="prompt")
-    results, traces = [], []
-    for p in it:
-        res, tr = trace_baseline(backend, p, cfg, k=token_ranks)
-        results.append(res)
-        traces.append(tr)
-    return results, traces
+    sharding = sharding or Sharding(save=False)
+    job = {"model": model_fingerprint(backend), "config": cfg.to_dict(), "token_ranks": token_ranks,
+           "prompts": hashlib.blake2b(json.dumps(prompts).encode(), digest_size=16).hexdigest()}
+    got = sharding.map(prompts, lambda ids: trace_baseline(backend, ids, cfg, k=token_ranks), "traces", job,
+                       "tracing" if progress else None)
+    if got is None:
+        return None
+    return [r for r, _ in got], [t for _, t in got]
 
 
 def chains_of(traces, mask_id: int, max_depth: int) -> list:

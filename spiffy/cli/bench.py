@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import main
+from .parallel import PARALLEL_PARAMS, joined, parallel_options
 from .sample import decode_options, fail, reject_given
 
 # ---- options of `--mode ar` (owned by the AR benchmark; add click.option(...) entries here) ----------
@@ -79,6 +80,7 @@ def bench_defaults(f):
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@parallel_options
 @decode_options
 @ar_options
 def bench(mode, **kw):
@@ -89,7 +91,7 @@ def bench(mode, **kw):
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
     ctx = click.get_current_context()
     if mode == "ar":
-        reject_given(ctx, DLLM_BENCH_ONLY, "to --mode ar (they set the dLLM benchmark)")
+        reject_given(ctx, DLLM_BENCH_ONLY + PARALLEL_PARAMS, "to --mode ar (they set the dLLM benchmark)")
     else:
         reject_given(ctx, AR_BENCH_ONLY, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
     if mode == "ar":
@@ -105,7 +107,8 @@ def bench(mode, **kw):
 
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
-                     predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, **kw):
+                     predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, resume=False,
+                     shard_size=4, dist_timeout=120.0, **kw):
     import torch
 
     from ..backends import load_backend
@@ -119,7 +122,8 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
 
     if threads:
         torch.set_num_threads(threads)
-    try:
+    with joined(device, resume, shard_size, dist_timeout) as sharding:
+        world = sharding.world
         base_cfg = config_from({**kw, "cache": "none", "threshold": None, "tokens_per_step": None, "steps": None})
         budget_list = int_list(budgets, "--budgets", 0, MAX_BUDGET)
         if graph_file:
@@ -132,30 +136,38 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
+        device = world.device(device)
         backend = load_backend(model, device=device, dtype=dtype)
-    except SpiffyError as e:
-        fail(str(e))
-    result = {"machine": machine_info(device), "model": backend.name,
-              "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
-                       "graph": graph_file, "use_calibration": use_calibration, "prune": prune, "settings": [s.name for s in settings],
-                       "generation": base_cfg.to_dict()},
-              "rows": [], "vanilla": {}}
-    for name, rows in sets.items():
-        prompts = [backend.encode_prompt(r["prompt"], chat=not raw) for r in rows]
-        click.echo(f"[{name}] {len(prompts)} prompts", err=True)
-        try:
-            res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
-                                 ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
-                                 use_calibration=use_calibration, allow_mismatch=allow_mismatch,
-                                 progress=lambda s: click.echo(f"  {s}", err=True))
-        except SpiffyError as e:
-            fail(f"{name}: {e}")
-        for r in res["rows"]:
-            r["dataset"] = name
-        result["rows"] += res["rows"]
-        if "vanilla" in res:
-            result["vanilla"][name] = res["vanilla"]
-    out = Path(out_dir) if out_dir else Path("runs") / f"bench-{timestamp()}"
-    paths = write_outputs(result, out, predict, ceiling)
+        result = {"machine": {**machine_info(device), "ranks": world.size}, "model": backend.name,
+                  "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
+                           "graph": graph_file, "use_calibration": use_calibration, "prune": prune,
+                           "settings": [s.name for s in settings], "generation": base_cfg.to_dict()},
+                  "rows": [], "vanilla": {}, "outputs": []}
+        who = f"rank {world.rank} " if world.distributed else ""
+        for name, rows in sets.items():
+            prompts = [backend.encode_prompt(r["prompt"], chat=not raw) for r in rows]
+            if world.main:
+                click.echo(f"[{name}] {len(prompts)} prompts" + (f" on {world.size} ranks" if world.distributed else ""),
+                           err=True)
+            try:
+                res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
+                                     ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
+                                     use_calibration=use_calibration, allow_mismatch=allow_mismatch,
+                                     progress=lambda s: click.echo(f"  {who}{name}: {s}", err=True), sharding=sharding)
+            except SpiffyError as e:
+                raise SpiffyError(f"{name}: {e}") from None
+            if res is None:   # another rank of a torchrun job: rank 0 aggregates and writes
+                continue
+            for r in res["rows"]:
+                r["dataset"] = name
+            result["rows"] += res["rows"]
+            result["outputs"] += [{"dataset": name, **o} for o in res["outputs"]]
+            if "vanilla" in res:
+                result["vanilla"][name] = res["vanilla"]
+        if not world.main:
+            return
+        out = Path(out_dir) if out_dir else Path("runs") / f"bench-{timestamp()}"
+        paths = write_outputs(result, out, predict, ceiling)
+        sharding.finished()
     click.echo(markdown_table(result, predict, ceiling))
     click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))

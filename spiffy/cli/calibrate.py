@@ -7,7 +7,7 @@ import click
 
 from . import main
 from ..parse import int_list
-from .sample import fail
+from .parallel import joined, parallel_options
 
 
 def _pairs(text: str) -> list:
@@ -51,15 +51,20 @@ def _pairs(text: str) -> list:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads per process [default: torch's; torchrun sets 1 per rank].")
+@parallel_options
 def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, prune_spec,
               gen_length, block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, force, plot,
-              device, dtype, raw):
+              device, dtype, raw, threads, resume, shard_size, dist_timeout):
     """Trace the baseline on a prompt set, select draft graphs per budget, and write the set
-    OUT/<model>/<setting>_g<gen>_<cache>/ (D<k>.json, counts.json, report.json, prompts.jsonl) as one unit."""
+    OUT/<model>/<setting>_g<gen>_<cache>/ (D<k>.json, counts.json, report.json, prompts.jsonl) as one unit.
+
+    Data-parallel: `torchrun --nproc-per-node N -m spiffy calibrate ...` traces the prompts on N ranks
+    (each on its own device); rank 0 selects and writes, and the set equals the single-process one."""
     from ..backends import load_backend
     from ..calibration.pipeline import calibrate as run
     from ..datasets import load_prompts
-    from ..errors import SpiffyError
     from ..memory import pin_mmap_threshold
     from ..sampling.config import GenerationConfig
     from ..speculative.config import MAX_BUDGET
@@ -70,7 +75,11 @@ def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, he
         from ..speculative.calibrated import user_calibration_dir
 
         out_dir = str(user_calibration_dir())
-    try:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    with joined(device, resume, shard_size, dist_timeout) as sharding:
         bl = int_list(budgets, "--budgets", 1, MAX_BUDGET)
         prune_pairs = _pairs(prune_spec)
         cfg = GenerationConfig(gen_length=gen_length, block_length=block_length,
@@ -80,12 +89,12 @@ def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, he
         for name in dataset.split(","):
             rows += load_prompts(name.strip(), limit, data_dir)
         held = {h.strip(): load_prompts(h.strip(), heldout_limit, data_dir) for h in heldout.split(",") if h.strip()}
-        backend = load_backend(model, device=device, dtype=dtype)
+        backend = load_backend(model, device=sharding.world.device(device), dtype=dtype)
         rep = run(backend, rows, cfg, bl, objective, out_dir, prompt_set=f"{dataset}[:{limit}]", search=search,
                   token_ranks=token_ranks, heldout=held, chat=not raw, progress=True, prune=prune_pairs,
-                  force=force, plot=plot)
-    except SpiffyError as e:
-        fail(str(e))
+                  force=force, plot=plot, sharding=sharding)
+    if rep is None:   # another rank of a torchrun job: rank 0 reports
+        return
     folder = Path(out_dir) / rep["folder"]
     click.echo(markdown_summary(rep))
     click.echo(f"wrote {folder}")
