@@ -319,6 +319,7 @@ def map_prompts(world: World, items: Sequence, fn: Callable, *, shard_size: int 
 
     out = {}
     reused = 0
+    t0 = time.perf_counter()
     try:
         for s in mine:
             a, b = spans[s]
@@ -355,14 +356,23 @@ def map_prompts(world: World, items: Sequence, fn: Callable, *, shard_size: int 
             world._bar = world._bar_key = None
             bar.close()
     if world.distributed:
+        import pickle
+
         import torch.distributed as dist
 
+        busy = time.perf_counter() - t0
+        nbytes = len(pickle.dumps(out)) if desc else 0
+        t1 = time.perf_counter()
         gathered = [None] * world.size if world.main else None
-        dist.gather_object(out, gathered, dst=0)
+        dist.gather_object((out, busy, nbytes), gathered, dst=0)
         if not world.main:
             return None
-        for d in gathered:
+        for d, _, _ in gathered:
             out.update(d)
+        if desc:
+            print(f"spiffy: {desc}: {world.size} ranks busy " + " / ".join(f"{b:.1f}" for _, b, _ in gathered)
+                  + f" s; gather {time.perf_counter() - t1:.2f} s for {sum(n for _, _, n in gathered) / 1e6:.1f} MB",
+                  file=sys.stderr)
     return [x for s in range(len(spans)) for x in out[s]]
 
 

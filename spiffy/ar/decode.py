@@ -179,9 +179,11 @@ def _as_prompt_ids(target, prompt, chat: bool) -> list:
 
 
 def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Optional[ARDecodeConfig] = None,
-                chat: bool = True, ngram=None, **overrides) -> ARResult:
+                chat: bool = True, ngram=None, on_tokens=None, **overrides) -> ARResult:
     """Decode ``prompt`` with ``target`` (an :class:`~spiffy.ar.target.ARTarget`), drafting with
-    ``drafter`` (a :class:`DLLMDrafter`, an :class:`ARDrafter`, or None for plain target decoding)."""
+    ``drafter`` (a :class:`DLLMDrafter`, an :class:`ARDrafter`, or None for plain target decoding).
+    ``on_tokens(new)``, when given, is called after every round with the tokens it committed (a
+    server streams them); an exception it raises ends the decode."""
     cfg = ARDecodeConfig(**{**(config.to_dict() if config else {}), **overrides}).check()
     ids = _as_prompt_ids(target, prompt, chat)
     stop = set(target.stop_ids)
@@ -261,12 +263,15 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
                     ctl.observe(before, n_acc)   # a lookup that found nothing says nothing about γ
                 if gate is not None and n_draft:
                     gate.observe(key, n_acc)
+        n0 = len(out)
         for t in new:
             out.append(int(t))
             if int(t) in stop or len(out) >= cfg.max_new_tokens:
                 done = True
                 break
         pending = out[-1]
+        if on_tokens is not None:
+            on_tokens(out[n0:])
     wall = time.perf_counter() - t0
 
     tc = target.calls - t_calls

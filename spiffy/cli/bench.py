@@ -32,6 +32,28 @@ def ar_options(f):
     return f
 
 
+SERVE_OPTIONS = [
+    click.option("--clients", default="1,4,16", show_default=True,
+                 help="[serve] Comma-separated numbers of concurrent clients."),
+    click.option("--requests-per-client", default=4, show_default=True, type=click.IntRange(min=1),
+                 help="[serve] Requests each client sends, one after another."),
+    click.option("--max-tokens", "serve_max_tokens", default=64, show_default=True, type=click.IntRange(min=1),
+                 help="[serve] max_tokens of each request."),
+    click.option("--serve-budget", default=8, show_default=True, type=click.IntRange(min=1),
+                 help="[serve] Spiffy budget D of the accelerated dLLM configurations."),
+    click.option("--serve-strategy", type=click.Choice(["chain", "tree", "adaptive", "path"]), default="chain",
+                 show_default=True, help="[serve] AR strategy of the accelerated configuration (with --target)."),
+]
+SERVE_ONLY = ("clients", "requests_per_client", "serve_max_tokens", "serve_budget", "serve_strategy")
+SERVE_SHARED = ("ar_target", "ar_drafter")   # --target/--ar-drafter also pick the served AR target
+
+
+def serve_options(f):
+    for o in reversed(SERVE_OPTIONS):
+        f = o(f)
+    return f
+
+
 SETTING_PARAMS = ("cache", "threshold", "tokens_per_step", "steps")
 
 
@@ -47,8 +69,9 @@ def bench_defaults(f):
 
 @main.command()
 @bench_defaults
-@click.option("--mode", type=click.Choice(["spiffy", "ar"]), default="spiffy", show_default=True,
-              help="spiffy: baseline vs Spiffy on a dLLM; ar: dLLM drafters for an AR target (spiffy.bench.ar).")
+@click.option("--mode", type=click.Choice(["spiffy", "ar", "serve"]), default="spiffy", show_default=True,
+              help="spiffy: baseline vs Spiffy on a dLLM; ar: dLLM drafters for an AR target (spiffy.bench.ar); "
+                   "serve: `spiffy serve` under 1..N concurrent clients (spiffy.bench.serve).")
 @click.option("--model", default=None, help="dLLM checkpoint [default: the bundled reference dLLM].")
 @click.option("--dataset", "datasets", multiple=True, default=("gsm8k", "humaneval"), show_default=True,
               help="Prompt set(s): gsm8k, humaneval, mbpp, ... or a JSONL/text file. Repeatable.")
@@ -83,6 +106,7 @@ def bench_defaults(f):
 @parallel_options
 @decode_options
 @ar_options
+@serve_options
 def bench(mode, **kw):
     """Benchmark decoders. Default: baseline vs Spiffy per setting and budget (NFE ratio, wall-clock ratio,
     tokens/s, identical-output rate, accepted drafts per round); writes JSON, a markdown table and a plot."""
@@ -91,9 +115,13 @@ def bench(mode, **kw):
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
     ctx = click.get_current_context()
     if mode == "ar":
-        reject_given(ctx, DLLM_BENCH_ONLY + PARALLEL_PARAMS, "to --mode ar (they set the dLLM benchmark)")
+        reject_given(ctx, DLLM_BENCH_ONLY + PARALLEL_PARAMS + SERVE_ONLY, "to --mode ar (they set the dLLM benchmark)")
+    elif mode == "serve":
+        reject_given(ctx, DLLM_BENCH_ONLY + PARALLEL_PARAMS + tuple(n for n in AR_BENCH_ONLY if n not in SERVE_SHARED),
+                     "to --mode serve")
+        return run_serve_mode(**kw)
     else:
-        reject_given(ctx, AR_BENCH_ONLY, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
+        reject_given(ctx, AR_BENCH_ONLY + SERVE_ONLY, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -171,3 +199,36 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         sharding.finished()
     click.echo(markdown_table(result, predict, ceiling))
     click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))
+
+
+def run_serve_mode(model, datasets, limit, data_dir, out_dir, threads, device, dtype, ar_target, ar_drafter, clients,
+                   requests_per_client, serve_max_tokens, serve_budget, serve_strategy, **_):
+    from ..bench.dllm import timestamp
+    from ..bench.machine import machine_info
+    from ..bench.serve import default_configs, markdown, run_serve_bench, write
+    from ..datasets import load_prompts
+    from ..errors import SpiffyError
+    from ..parse import int_list
+
+    try:
+        counts = int_list(clients, "--clients", 1, 256)
+        prompts = [r["prompt"] for name in datasets for r in load_prompts(name, limit, data_dir)]
+        server_args = ["--device", device, "--dtype", dtype, "--max-queue", str(max(64, 2 * max(counts))),
+                       "--max-batch", str(max(8, max(counts))), "--max-tokens-limit", str(serve_max_tokens)]
+        if ar_target:
+            server_args += ["--target", ar_target] + (["--drafter", ar_drafter] if ar_drafter else [])
+        elif model:
+            server_args += ["--model", model]
+        configs = default_configs("ar" if ar_target else "dllm", serve_budget, serve_strategy)
+        res = run_serve_bench(prompts, server_args, configs, counts, requests_per_client, serve_max_tokens,
+                              threads or 1, say=lambda m: click.echo(f"  {m}", err=True))
+    except SpiffyError as e:
+        fail(str(e))
+    res.update(machine=machine_info(device), args={"model": model, "target": ar_target, "drafter": ar_drafter,
+                                                    "datasets": list(datasets), "limit": limit, "clients": counts,
+                                                    "requests_per_client": requests_per_client,
+                                                    "max_tokens": serve_max_tokens, "threads_per_server": threads or 1})
+    out = Path(out_dir) if out_dir else Path("runs") / f"bench-serve-{timestamp()}"
+    paths = write(res, out)
+    click.echo(markdown(res))
+    click.echo(json.dumps({"outputs": paths, "machine": res["machine"]}))

@@ -49,11 +49,13 @@ def finish(session: DecodeSession, prompts, block_steps, t0, stats=None) -> Gene
 
 
 @torch.no_grad()
-def generate_baseline(backend, prompts: list[list[int]], cfg: GenerationConfig, observer=None) -> GenerationResult:
+def generate_baseline(backend, prompts: list[list[int]], cfg: GenerationConfig, observer=None,
+                      on_block=None) -> GenerationResult:
     """The baseline decode. ``observer(b, t, schedule, logits, before, outcome)``, when given, is called
     after every step with the block's logits, its state before the step and the step's
     ``StepOutcome`` (traces for replay, calibration and speculatability are recorded this way, from
-    this one loop)."""
+    this one loop). ``on_block(b, rows)``, when given, is called when block ``b`` is final with each
+    row's tokens of that block (a server streams them); an exception it raises ends the decode."""
     cfg.validate(max(len(p) for p in prompts), backend.context_length)
     t0 = time.perf_counter()
     session = DecodeSession(backend, prompts, cfg)
@@ -79,6 +81,8 @@ def generate_baseline(backend, prompts: list[list[int]], cfg: GenerationConfig, 
             if (schedule is not None and t == len(schedule)) or (schedule is None and block_done(session, block)):
                 break
         block_steps.append(t)
+        if on_block is not None:
+            on_block(b, block.tolist())
         if cfg.early_stop and b + 1 < cfg.num_blocks and stop_early(session, b):
             fill_after_stop(session, b)
             break

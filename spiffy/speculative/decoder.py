@@ -136,7 +136,8 @@ class _RowDecoder:
 
 
 @torch.no_grad()
-def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: SpeculativeConfig) -> GenerationResult:
+def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: SpeculativeConfig,
+                         on_block=None) -> GenerationResult:
     """Decode ``prompts`` with Spiffy. Output equals ``generate_baseline``'s token for token (``verify="batch"``
     anywhere, ``verify="packed"`` under the dual cache); see :class:`SpeculativeConfig` for packed
     verification without the dual cache, which is only near-lossless."""
@@ -154,6 +155,8 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
     block_steps = []
     for b in range(cfg.num_blocks):
         block_steps.append(max(rd.decode_block(b) for rd in rows))
+        if on_block is not None:   # as generate_baseline's: each row's final tokens of block b
+            on_block(b, [rd.session.x[0, slice(*rd.session.span(b))].tolist() for rd in rows])
         if cfg.early_stop and b + 1 < cfg.num_blocks and all(stop_early(rd.session, b) for rd in rows):
             for rd in rows:
                 fill_after_stop(rd.session, b)

@@ -21,6 +21,10 @@ import torch
 from .graph import ROOT, is_fixed, usable_depth
 
 
+def _source_from_arrays(top1, tokens, probs) -> "DraftSource":
+    return DraftSource(torch.from_numpy(top1), torch.from_numpy(tokens), torch.from_numpy(probs))
+
+
 @dataclass
 class DraftSource:
     """Per-position summary of one distribution over the block's n positions (CPU tensors)."""
@@ -28,6 +32,11 @@ class DraftSource:
     top1: torch.Tensor        # [n] float64, probability of the most likely token
     tokens: torch.Tensor      # [n, K] long, token ids by rank
     probs: torch.Tensor       # [n, K] float64, their probabilities
+
+    def __reduce__(self):
+        # pickled as numpy arrays: a torch tensor pickles through a torch.save of its storage, which made
+        # gathering a calibration's traces between ranks (tens of thousands of sources) take seconds
+        return _source_from_arrays, (self.top1.numpy(), self.tokens.numpy(), self.probs.numpy())
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
