@@ -273,3 +273,37 @@ def test_client_leaving_mid_stream_stops_its_decode():
         assert s.post("/v1/completions", {"prompt": "hi", "max_tokens": 8}).status_code == 200
     finally:
         s.stop()
+
+
+def test_ar_target_server_equals_generate_ar():
+    """SmolLM2-135M-Instruct served with prompt lookup: chat answers (chain, tree, plain) equal
+    generate_ar's offline tokens, and a stream sends each verification round's tokens."""
+    from spiffy.ar import generate_ar, load_causal_lm
+    from spiffy.ar.decode import ARDecodeConfig
+    from spiffy.ar.pair import make_drafter
+    from spiffy.named_models import fetch
+
+    fetch("smollm2-135m-instruct", progress=print)   # a no-op when .ci/run already prepared it
+    s = Server("--target", "smollm2-135m-instruct", "--max-tokens-limit", "64")
+    try:
+        target = load_causal_lm("smollm2-135m-instruct")
+        c = s.client()
+        prompt = "Write a Python function that returns the sum of a list of numbers."
+        for strategy in ("chain", "tree", "plain"):
+            r = c.chat.completions.create(model=target.name, messages=[{"role": "user", "content": prompt}],
+                                          max_tokens=40, extra_body={"spiffy": {"strategy": strategy}})
+            ext = r.model_extra["spiffy"]
+            cfg = ARDecodeConfig(**ext["settings"]["ar"])
+            drafter = None if strategy == "plain" else make_drafter("ngram", target, temperature=cfg.temperature)
+            assert ext["token_ids"] == generate_ar(target, drafter, prompt, cfg).token_ids, strategy
+            assert r.choices[0].message.content == target.decode(ext["token_ids"])
+        chunks = list(c.chat.completions.create(model=target.name, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=40, stream=True))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text == target.decode(chunks[-1].model_extra["spiffy"]["token_ids"])
+        assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 3
+        bad = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                              "spiffy": {"budget": 3}})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "spiffy.budget"
+    finally:
+        s.stop()
