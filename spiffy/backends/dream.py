@@ -41,9 +41,10 @@ class DreamAttention(nn.Module):
     def __init__(self, c: DreamConfig):
         super().__init__()
         hd = c.hidden_size // c.num_attention_heads
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * hd, bias=True)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * hd, bias=True)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * hd, bias=True)
+        bias = getattr(c, "attention_bias", True)   # Qwen2 (Dream) has q/k/v biases, LLaMA does not
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * hd, bias=bias)
         self.o_proj = nn.Linear(c.num_attention_heads * hd, c.hidden_size, bias=False)
 
 

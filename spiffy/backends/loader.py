@@ -14,13 +14,16 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from ..errors import ModelLoadError
+from .adapter import is_adapter_dir, load_adapter_model
 from .backend import DiffusionBackend
 from .dream import DreamConfig, DreamModel
 from .llada import LLaDAConfig, LLaDAModelLM
+from .llama_dlm import LlamaDLMConfig, LlamaDLMModel
 
 FAMILIES = {
     "llada": (LLaDAConfig, LLaDAModelLM, 0),
     "dream": (DreamConfig, DreamModel, 1),
+    "llama_dlm": (LlamaDLMConfig, LlamaDLMModel, 1),
 }
 
 DEFAULT_MODEL_NAME = "spiffy-dllm-ref"
@@ -130,6 +133,11 @@ def load_backend(path_or_id: Optional[str] = None, device: str = "cpu", dtype=No
     family = family_of(raw.get("model_type"))
     cfg_cls, model_cls, shift = FAMILIES[family]
     torch_dtype = resolve_dtype(dtype, device)
+    if is_adapter_dir(path):   # only what training changed, over a named base model
+        model, base = load_adapter_model(path, cfg_cls, model_cls, torch_dtype)
+        model = model.to(device).eval()
+        tok = load_tokenizer(path) or load_tokenizer(base)
+        return DiffusionBackend(model, family, tok, name=path.name, logit_shift=shift)
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelLoadError(f"{path} holds no weights (*.safetensors)")
     try:

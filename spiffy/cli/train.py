@@ -1,4 +1,7 @@
 """`spiffy train`: train a reference model from a JSON recipe (models/recipes/*.json)."""
+import json
+from pathlib import Path
+
 import click
 
 
@@ -17,7 +20,12 @@ import click
 @click.option("--resume-from", default=None, type=click.Path(exists=True, file_okay=False),
               help="checkpoint directory of an earlier run of this recipe (with its training.json)")
 @click.option("--start-stage", default=None, help="skip the recipe's stages before this one (needs --resume-from)")
-def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, resume_from, start_stage):
+@click.option("--restart", is_flag=True, help="adapter recipes (kind dllm-adapt): discard the saved training "
+                                             "state in $SPIFFY_CACHE/train/<name> instead of continuing it")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="adapter recipes: stop this run at this step (the state is saved; the next run continues)")
+def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, resume_from, start_stage, restart,
+              max_steps):
     """Train the model a RECIPE describes (tokenizer, pretraining, SFT) and save it with safetensors."""
     from ..devices import check_device
     from ..errors import SpiffyError
@@ -27,11 +35,34 @@ def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, res
     try:
         if device != "auto":
             check_device(device)
+        if json.loads(Path(recipe).read_text()).get("kind") == "dllm-adapt":
+            return _adapt(recipe, data_dir, out, max_minutes, device, variant, log_path, restart, max_steps)
         summary = train(recipe, data_dir=data_dir, out=out, max_minutes=max_minutes, device=device,
                         log_path=log_path, resume_from=resume_from, start_stage=start_stage, variant=variant)
     except SpiffyError as e:
         fail(str(e))
     click.echo(f"saved {summary['name']} ({summary['params']:,} params) in {summary['wall_min']} min")
+
+
+def _adapt(recipe_path, data_dir, out, max_minutes, device, variant, log_path, restart, max_steps):
+    """Recipe kind ``dllm-adapt``: a LoRA adapter that turns a named causal LM into a diffusion LM."""
+    import torch
+
+    from ..datasets import resolve_data_dir
+    from ..train.adapt import train_adapter
+    from ..train.loop import Logger, load_recipe, resolve_device
+
+    device = resolve_device(device)
+    r = load_recipe(recipe_path, device, variant)
+    if torch.device(device).type == "cpu" and r.get("threads"):
+        torch.set_num_threads(int(r["threads"]))
+    logger = Logger(Path(log_path) if log_path else None)
+    s = train_adapter(r, resolve_data_dir(data_dir), Path(out or Path("models") / r["name"]), device, max_minutes,
+                      restart, log=lambda m: logger(message=m) if isinstance(m, str) else logger(**m),
+                      max_steps=max_steps)
+    last = s["curve"][-1]
+    click.echo(f"saved {s['name']}: step {s['step']}, {s['tokens']:,} tokens, {s['train_hours']} h trained, "
+               f"held-out masked loss {last['loss']} (acc {last['masked_acc']}), adapter {s['adapter_mb']} MB")
 
 
 from . import main  # noqa: E402
