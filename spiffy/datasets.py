@@ -21,7 +21,9 @@ def default_data_dir() -> Optional[Path]:
     env = os.environ.get("SPIFFY_DATA")
     if env:
         return Path(env)
-    cand = Path(__file__).resolve().parents[2] / "shared" / "data"
+    from .resources import CHECKOUT
+
+    cand = CHECKOUT.parent / "shared" / "data"   # a checkout beside the project's shared data
     return cand if cand.is_dir() else None
 
 

@@ -16,8 +16,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError
+from ..resources import resource_dir
 
-DEFAULT_NGRAM_PATH = Path(__file__).resolve().parents[2] / "models" / "ngram" / "ref-3gram.npz"
+DEFAULT_NGRAM_PATH = resource_dir("models") / "ngram" / "ref-3gram.npz"
 
 
 def tokenizer_fingerprint(tok) -> str:
@@ -212,7 +213,7 @@ def main(argv: Optional[list] = None):
     import argparse
 
     ap = argparse.ArgumentParser(description="Build the causal n-gram used by DiffuSpec path search.")
-    ap.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "models" / "tokenizer"))
+    ap.add_argument("--tokenizer", default=str(resource_dir("models") / "tokenizer"))
     ap.add_argument("--data-dir", default=None, help="data directory [default: spiffy.datasets.default_data_dir()]")
     ap.add_argument("--out", default=str(DEFAULT_NGRAM_PATH))
     ap.add_argument("--n", type=int, default=3)

@@ -46,7 +46,9 @@ def models_dir() -> Path:
     env = os.environ.get("SPIFFY_MODELS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+    from ..resources import resource_dir
+
+    return resource_dir("models")
 
 
 def default_model_path() -> Path:

@@ -29,6 +29,8 @@ from typing import Optional
 
 import click
 
+from ..resources import resource_dir
+
 # strategy -> (drafter kind, ARDecodeConfig overrides)
 STRATEGIES = {
     "ngram": ("ngram", dict()),
@@ -47,7 +49,7 @@ STRATEGIES = {
 DLLM_DEFAULT = "dllm,path,adaptive,path+adaptive,tree,ar"
 LOOKUP_DEFAULT = "ngram,ngram+nogate,ngram+adaptive,ngram+tree,ngram+path,hf_prompt_lookup"
 
-_REPO = Path(__file__).resolve().parents[2]
+_MODELS = resource_dir("models")
 
 
 def ar_click_options() -> list:
@@ -124,7 +126,7 @@ def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_step
         out["dllm"] = make_drafter(load_backend(model, device=device, dtype=dtype), target, steps=drafter_steps,
                                    extra_masks=extra_masks)
     if "ar" in kinds:
-        apath = ar_drafter or str(_REPO / "models" / "spiffy-ar-draft")
+        apath = ar_drafter or str(_MODELS / "spiffy-ar-draft")
         out["ar"] = make_drafter(load_drafter_model(apath, device, dtype), target)
     return out
 
@@ -160,7 +162,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
         raise ConfigError(f"unknown strategies {unknown or strategies!r}: choose from {', '.join(STRATEGIES)}")
     hf_ks = int_list(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
     sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before any model loads
-    tpath = ar_target or str(_REPO / "models" / "spiffy-ar-ref")
+    tpath = ar_target or str(_MODELS / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
     drafters = _load_drafters({STRATEGIES[s][0] for s in names}, target, model, ar_drafter, device, dtype,
                               drafter_steps, extra_masks)

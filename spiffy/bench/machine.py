@@ -20,7 +20,7 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
+    from ..resources import CHECKOUT as root
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],

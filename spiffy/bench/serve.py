@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import SpiffyError
+from ..resources import CHECKOUT
 
 
 def _free_port() -> int:
@@ -42,7 +43,7 @@ class ServerProcess:
                "--log-level", "warning", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-                                         str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))))
+                                         str(CHECKOUT), os.environ.get("PYTHONPATH")]))))
         t0 = time.monotonic()
         while time.monotonic() - t0 < start_timeout:
             if self.proc.poll() is not None:

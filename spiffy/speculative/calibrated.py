@@ -46,7 +46,9 @@ def calibration_root(root=None) -> Path:
     env = os.environ.get("SPIFFY_CALIBRATION")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "calibration"
+    from ..resources import resource_dir
+
+    return resource_dir("calibration")
 
 
 def calibration_roots(root=None) -> list:

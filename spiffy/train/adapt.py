@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import replace_folder, temp_folder
-from . import lora
+from . import adapter_card, lora
 from .objectives import block_forward_process, forward_process
 
 PROBE_FILE = "probe_logits.safetensors"
@@ -259,7 +259,7 @@ def train_adapter(recipe: dict, data_dir: Path, out_dir: Path, device: str, max_
             with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast):
                 loss, *_ = shifted_loss(model, batch, noisy, masked, p, mask_id)
             (loss / accum).backward()
-            total += float(loss) / accum
+            total += float(loss.detach()) / accum
             st["tokens"] += int(batch["input_ids"].numel())
         torch.nn.utils.clip_grad_norm_(params, recipe.get("clip", 1.0))
         opt.step()
@@ -313,6 +313,7 @@ def export(model, trainable: dict, tok, mask_id: int, recipe: dict, summary: dic
         summary["adapter_mb"] = round((tmp / ADAPTER_FILE).stat().st_size / 2 ** 20, 2)
         summary["samples"] = probe["samples"]
         atomic_write_json(tmp / "training.json", summary)
+        adapter_card.write(tmp)
         replace_folder(tmp, out_dir)
     except BaseException:
         import shutil
@@ -331,6 +332,7 @@ def probe_logits(folder: Path, tok, recipe: dict) -> dict:
     """Rebuild the model from ``folder`` as users load it; logits of a fixed probe (a chat prompt followed
     by 32 masks) and greedy answers to the recipe's sample prompts."""
     from ..backends.loader import load_backend
+    from ..errors import ModelLoadError
     from ..generate import generate
 
     be = load_backend(str(folder), device="cpu", dtype="float32")
@@ -339,9 +341,19 @@ def probe_logits(folder: Path, tok, recipe: dict) -> dict:
     inp = torch.tensor([ids])
     logits = be.forward(inp).logits[0].float().contiguous()
     s = recipe.get("samples", {})
+    try:   # the bundled reference dLLM answers the same prompts, for the card
+        ref = load_backend(None, device="cpu", dtype="float32")
+    except ModelLoadError:
+        ref = None
     samples = []
     for p in probe_prompts(recipe):
-        r = generate(be, p, gen_length=s.get("gen_length", 128), block_length=recipe["block_length"],
-                     early_stop=True)
-        samples.append({"prompt": p, "answer": be.decode(r.token_ids[0])})
+        row = {"prompt": p}
+        for key, model in (("answer", be), ("reference", ref)):
+            if model is not None:
+                r = generate(model, p, gen_length=s.get("gen_length", 128), block_length=recipe["block_length"],
+                             early_stop=True)
+                row[key] = model.decode(r.token_ids[0])
+        if ref is not None:
+            row["reference_name"] = ref.name
+        samples.append(row)
     return {"logits": logits, "input_ids": inp, "samples": samples}
