@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from spiffy.ar.testing import tiny_target
+from tests.ar_fixtures import tiny_target
 from spiffy.cli import main
 
 warnings.filterwarnings("ignore")

@@ -10,7 +10,7 @@ from spiffy.ar import (AdaptiveLength, ARDecodeConfig, DLLMDrafter, NGramModel, 
                        causal_path_search, check_tokenizers, generate_ar, make_drafter)
 from spiffy.ar.ngram import build_ngram
 from spiffy.ar.path_search import candidate_sets
-from spiffy.ar.testing import tiny_target
+from tests.ar_fixtures import tiny_target
 from spiffy.errors import ArtifactError, ConfigError
 
 warnings.filterwarnings("ignore")

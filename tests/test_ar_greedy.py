@@ -8,7 +8,7 @@ import torch
 
 import spiffy
 from spiffy.ar import ARDecodeConfig, DLLMDrafter, NGramModel, generate_ar, hf_generate, make_drafter
-from spiffy.ar.testing import oracle_drafter, tiny_target
+from tests.ar_fixtures import oracle_drafter, tiny_target
 
 warnings.filterwarnings("ignore")
 

@@ -6,7 +6,7 @@ import torch
 
 from spiffy.ar import ARDecodeConfig, PromptLookupDrafter, generate_ar, hf_generate
 from spiffy.ar.gate import DraftGate
-from spiffy.ar.testing import tiny_target
+from tests.ar_fixtures import tiny_target
 from spiffy.errors import ConfigError
 
 warnings.filterwarnings("ignore")

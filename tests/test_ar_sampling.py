@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 import spiffy
 from spiffy.ar import DLLMDrafter, generate_ar
-from spiffy.ar.testing import tiny_target
+from tests.ar_fixtures import tiny_target
 
 warnings.filterwarnings("ignore")
 

@@ -4,8 +4,8 @@ import warnings
 import pytest
 import torch
 
-from spiffy.ar import DraftTree, ancestor_mask, branch_points, rejection_scores
-from spiffy.ar.testing import tiny_target
+from spiffy.ar import DraftTree, branch_points, rejection_scores
+from tests.ar_fixtures import tiny_target
 
 warnings.filterwarnings("ignore")
 
@@ -38,9 +38,7 @@ def test_tree_attention_matches_path_forwards():
         assert torch.allclose(nxt, tgt.model(torch.tensor([path])).logits[0, -1], atol=1e-10)
 
 
-def test_ancestor_mask_and_rejection_scores():
-    m = ancestor_mask([-1, 0, 1, 0, -1])
-    assert m.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 1, 0], [0, 0, 0, 0, 1]]
+def test_rejection_scores_and_branch_points():
     c = torch.tensor([0.9, 0.8, 0.3, 0.95])
     r = rejection_scores(c)
     expect = [1 - 0.9, 0.9 * 0.2, 0.9 * 0.8 * 0.7, 0.9 * 0.8 * 0.3 * 0.05]

@@ -213,7 +213,7 @@ def test_killed_calibration_leaves_a_whole_set(work):
 
 
 def test_killed_bench_leaves_no_half_file(work, tmp_path):
-    from spiffy.ar.testing import tiny_target
+    from tests.ar_fixtures import tiny_target
 
     import torch
 

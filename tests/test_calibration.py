@@ -1,4 +1,5 @@
 """Offline calibration: counts, objectives vs brute force, replay agreement, artifacts."""
+import itertools
 import json
 import os
 from collections import Counter
@@ -11,7 +12,7 @@ from spiffy.calibration.artifact import load_graph_artifact, write_graph_artifac
 from spiffy.calibration.counts import formula_counts, possibility_graph
 from spiffy.backends.fingerprint import model_fingerprint
 from spiffy.calibration.pipeline import calibrate, graph_from_nodes
-from spiffy.calibration.select import Candidates, brute_force, objective_fn, select_nodes
+from spiffy.calibration.select import Candidates, objective_fn, select_nodes
 from spiffy.calibration.simulate import IndexedChains, simulate
 from spiffy.calibration.traces import BlockChains, block_chains
 from spiffy.speculative import SpeculativeConfig
@@ -20,6 +21,17 @@ from spiffy.speculative.proposer import DraftSource
 from spiffy.speculative.replay import BlockTrace
 
 M = 9  # mask id of the hand-built traces
+
+
+def brute_force(cand: Candidates, budget: int, score) -> float:
+    """Best score over all subsets of the pool (for tests and small checks)."""
+    best = float("-inf")
+    for S in itertools.combinations(cand.nodes, budget):
+        S = set(S)
+        if cand.connected(S):
+            best = max(best, score(S))
+    return best
+
 
 
 def source(top1, toks):

@@ -55,21 +55,3 @@ def branch_points(conf: torch.Tensor, branches: int, limit: int = None) -> list:
         r = r[:limit]
     k = min(branches, r.numel())
     return sorted(r.topk(k).indices.tolist()) if k > 0 else []
-
-
-def ancestor_mask(parents: list) -> torch.Tensor:
-    """Boolean [N, N]: node j may attend to node k iff k is j or an ancestor of j."""
-    n = len(parents)
-    m = torch.zeros(n, n, dtype=torch.bool)
-    for j, p in enumerate(parents):
-        m[j, j] = True
-        if p >= 0:
-            m[j] |= m[p]
-    return m
-
-
-def tree_depths(parents: list) -> list:
-    d = []
-    for p in parents:
-        d.append(1 if p < 0 else d[p] + 1)
-    return d

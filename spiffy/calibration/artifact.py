@@ -16,13 +16,11 @@ atomic (``spiffy.atomic``): an interrupted calibration leaves the previous file 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import networkx as nx
 
 from ..atomic import atomic_write_json
-from ..errors import ArtifactError
 from ..speculative.calibrated import ARTIFACT, ARTIFACT_VERSION, check_meta, load_graph_artifact  # noqa: F401
 from ..speculative.graph import graph_to_dict
 
@@ -31,11 +29,3 @@ def write_graph_artifact(graph: nx.DiGraph, path, meta: dict) -> Path:
     d = graph_to_dict(graph)
     d["meta"] = {"artifact": ARTIFACT, "artifact_version": ARTIFACT_VERSION, **meta}
     return atomic_write_json(path, d)
-
-
-def read_json(path) -> dict:
-    p = Path(path)
-    try:
-        return json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{p}: not readable JSON ({e})") from None

@@ -17,7 +17,6 @@ every objective within the pool; it is for small pools and budgets.
 """
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from typing import Callable, Optional, Sequence
 
@@ -148,13 +147,3 @@ def select_nodes(counts: Counter, budget: int, objective: str = "saved", chains:
     if objective == "saved":
         chosen = local_search(cand, chosen, score)
     return chosen
-
-
-def brute_force(cand: Candidates, budget: int, score) -> float:
-    """Best score over all subsets of the pool (for tests and small checks)."""
-    best = float("-inf")
-    for S in itertools.combinations(cand.nodes, budget):
-        S = set(S)
-        if cand.connected(S):
-            best = max(best, score(S))
-    return best

@@ -17,7 +17,7 @@ from .parallel import PARALLEL_PARAMS, joined, parallel_options
 from .sample import decode_options, fail, reject_given
 
 # ---- options of `--mode ar` (owned by the AR benchmark; add click.option(...) entries here) ----------
-from ..bench.ar import ar_click_options  # noqa: E402
+from .bench_ar import ar_click_options  # noqa: E402
 
 AR_OPTIONS: list = ar_click_options()
 AR_BENCH_ONLY = tuple(o(lambda: None).__click_params__[0].name for o in AR_OPTIONS)   # their parameter names

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import main
-from ..ar.cli import AR_SAMPLE_PARAMS, ar_sample_options, run_ar_sample
+from .ar_sample import AR_SAMPLE_PARAMS, ar_sample_options, run_ar_sample
 
 
 def decode_options(f):

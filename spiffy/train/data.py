@@ -99,9 +99,6 @@ class PackedMixture:
             out[i] = arr[start:start + self.seq_len]
         return torch.from_numpy(out)
 
-    def token_counts(self) -> dict:
-        return {n: int(len(self.streams[n])) for n in self.names}
-
 
 # ------------------------------------------------------------------------------------------------------ SFT
 def stdlib_function_pairs(data_dir, limit: int = 4000, seed: int = 0, max_body_lines: int = 25) -> list[tuple]:

@@ -16,8 +16,8 @@ def tiny_target(vocab: int = 64, seed: int = 1, dtype=torch.float64, scale: floa
                 tokenizer="tiny", stop_ids="default"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..backends.tiny import tiny_tokenizer
-    from .target import ARTarget
+    from spiffy.backends.tiny import tiny_tokenizer
+    from spiffy.ar.target import ARTarget
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
@@ -62,7 +62,7 @@ class OracleDLLM(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids, position_ids=None, attention_mask=None, context=None, return_kv=False,
                 logits_index=None, key_valid=None, **_):
-        from ..backends.core import DiffusionLMOutput
+        from spiffy.backends.core import DiffusionLMOutput
 
         B, L = input_ids.shape
         V = self.config.vocab_size
@@ -88,7 +88,7 @@ class OracleDLLM(nn.Module):
 
 def oracle_drafter(target, noise: float = 1.0, seed: int = 0):
     """A DiffusionBackend (LLaDA-style, no logit shift) that approximately follows ``target``."""
-    from ..backends.backend import DiffusionBackend
+    from spiffy.backends.backend import DiffusionBackend
 
     V = target.vocab_size
     m = OracleDLLM(target.model, mask_id=V - 1, eos_id=target.stop_ids[0], noise=noise, seed=seed)

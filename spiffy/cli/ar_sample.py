@@ -47,9 +47,9 @@ def ar_sample_options(f):
 def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, draft_length, adaptive, min_draft,
                   max_draft, path_search, tree, drafter_steps, gate, gen_length, temperature, seed, **_):
     from ..errors import ConfigError, SpiffyError
-    from .decode import ARDecodeConfig, generate_ar
-    from .pair import default_drafter_name, load_drafter_model, make_drafter
-    from .target import load_causal_lm
+    from ..ar.decode import ARDecodeConfig, generate_ar
+    from ..ar.pair import default_drafter_name, load_drafter_model, make_drafter
+    from ..ar.target import load_causal_lm
 
     def fail(msg):
         click.echo(f"error: {msg}", err=True)
