@@ -23,7 +23,7 @@ AR_OPTIONS: list = ar_click_options()
 AR_BENCH_ONLY = tuple(o(lambda: None).__click_params__[0].name for o in AR_OPTIONS)   # their parameter names
 DLLM_BENCH_ONLY = ("budgets", "graph_file", "use_calibration", "prune", "verify", "caches", "thresholds", "ks", "predict",
                    "ceiling", "vanilla", "allow_mismatch", "block_length", "cfg_scale", "remasking", "sampler", "top_p",
-                   "top_k", "early_stop")
+                   "top_k", "early_stop", "alg_temp", "logits_eos_inf", "confidence_eos_eot_inf")
 
 
 def ar_options(f):

@@ -8,32 +8,14 @@ import click
 
 from . import main
 from .ar_sample import AR_SAMPLE_PARAMS, ar_sample_options, run_ar_sample
+from .options import config_from_kwargs, dataclass_options, field_names
 
 
 def decode_options(f):
-    """The baseline sampler's options, shared by every command that decodes."""
-    opts = [
-        click.option("--gen-length", default=128, show_default=True, help="Tokens to generate."),
-        click.option("--block-length", default=32, show_default=True, help="Block size (decoded left to right)."),
-        click.option("--steps", type=int, default=None, help="Denoising steps in all [default: gen-length]."),
-        click.option("--tokens-per-step", type=int, default=None, help="Commit k tokens per step (instead of --steps)."),
-        click.option("--temperature", default=0.0, show_default=True, help="Sampling temperature (0 = greedy)."),
-        click.option("--cfg-scale", default=0.0, show_default=True, help="Classifier-free guidance scale."),
-        click.option("--remasking", type=click.Choice(["low_confidence", "random", "margin", "entropy"]),
-                     default="low_confidence", show_default=True, help="Confidence used to order positions."),
-        click.option("--threshold", type=float, default=None,
-                     help="Confidence-threshold parallel decoding (Fast-dLLM), in (0, 1]."),
-        click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True,
-                     help="KV cache (Fast-dLLM prefix or dual cache)."),
-        click.option("--sampler", type=click.Choice(["llada", "dream"]), default=None,
-                     help="Sampler family [default: the model's own]."),
-        click.option("--top-p", type=float, default=None, help="Nucleus filtering (Dream sampler)."),
-        click.option("--top-k", type=int, default=None, help="Top-k filtering (Dream sampler)."),
-        click.option("--early-stop/--no-early-stop", default=False, show_default=True,
-                     help="Stop after the block in which EOS/end-of-turn was committed."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the keyed per-step noise."),
-    ]
-    for o in reversed(opts):
+    """The baseline sampler's options (every field of GenerationConfig), shared by every command that decodes."""
+    from ..sampling.config import GenerationConfig
+
+    for o in reversed(dataclass_options(GenerationConfig)):
         f = o(f)
     return f
 
@@ -41,9 +23,7 @@ def decode_options(f):
 def config_from(kw: dict):
     from ..sampling.config import GenerationConfig
 
-    keys = ("gen_length", "block_length", "steps", "tokens_per_step", "temperature", "cfg_scale", "remasking",
-            "threshold", "cache", "sampler", "top_p", "top_k", "early_stop", "seed")
-    return GenerationConfig(**{k: kw.pop(k) for k in keys})
+    return config_from_kwargs(GenerationConfig, kw)
 
 
 def fail(msg: str):
@@ -61,8 +41,15 @@ def reject_given(ctx: click.Context, names, why: str):
         fail(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
 
 
-DLLM_ONLY = ("block_length", "steps", "tokens_per_step", "cfg_scale", "remasking", "threshold", "cache", "sampler",
-             "top_p", "top_k", "early_stop", "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch")
+def _dllm_only() -> tuple:
+    from ..sampling.config import GenerationConfig
+
+    shared = ("gen_length", "temperature", "seed")   # AR mode uses these too
+    return tuple(n for n in field_names(GenerationConfig) if n not in shared) + (
+        "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch")
+
+
+DLLM_ONLY = _dllm_only()
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """Decoding configuration (a dataclass, as in transformers' GenerationConfig)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from ..errors import ConfigError
@@ -29,23 +29,34 @@ class GenerationConfig:
     Noise is drawn from a generator keyed by (seed, block, step), never from a shared stream.
     """
 
-    gen_length: int = 128
-    block_length: int = 32
-    steps: Optional[int] = None
-    tokens_per_step: Optional[int] = None
-    temperature: float = 0.0
-    cfg_scale: float = 0.0
-    remasking: str = "low_confidence"
-    threshold: Optional[float] = None
-    cache: str = "none"
-    seed: int = 0
-    sampler: Optional[str] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    alg_temp: Optional[float] = None
-    logits_eos_inf: bool = False
-    confidence_eos_eot_inf: bool = False
-    early_stop: bool = False
+    gen_length: int = field(default=128, metadata={"help": "Tokens to generate."})
+    block_length: int = field(default=32, metadata={"help": "Block size (decoded left to right)."})
+    steps: Optional[int] = field(default=None, metadata={"help": "Denoising steps in all [default: gen-length]."})
+    tokens_per_step: Optional[int] = field(default=None,
+                                           metadata={"help": "Commit k tokens per step (instead of --steps)."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0 = greedy)."})
+    cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale."})
+    remasking: str = field(default="low_confidence", metadata={"help": "Confidence used to order positions.",
+                                                               "choices": REMASKING})
+    threshold: Optional[float] = field(default=None, metadata={
+        "help": "Confidence-threshold parallel decoding (Fast-dLLM), in (0, 1]."})
+    cache: str = field(default="none", metadata={"help": "KV cache (Fast-dLLM prefix or dual cache).",
+                                                 "choices": CACHE_MODES})
+    seed: int = field(default=0, metadata={"help": "Seed of the keyed per-step noise."})
+    sampler: Optional[str] = field(default=None, metadata={"help": "Sampler family [default: the model's own].",
+                                                           "choices": SAMPLERS})
+    top_p: Optional[float] = field(default=None, metadata={"help": "Nucleus filtering (Dream sampler)."})
+    top_k: Optional[int] = field(default=None, metadata={"help": "Top-k filtering (Dream sampler)."})
+    alg_temp: Optional[float] = field(default=None, metadata={
+        "help": "Dream sampler: temperature of the confidence when choosing which positions to commit "
+                "(unset: the most confident positions)."})
+    logits_eos_inf: bool = field(default=False, metadata={
+        "help": "Never propose EOS as a candidate token (LLaDA's logits_eos_inf)."})
+    confidence_eos_eot_inf: bool = field(default=False, metadata={
+        "help": "Commit positions whose candidate is EOS or end-of-turn after every other masked one "
+                "(LLaDA's confidence_eos_eot_inf)."})
+    early_stop: bool = field(default=False, metadata={
+        "help": "Stop after the block in which EOS/end-of-turn was committed."})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,46 @@
+"""The CLI's sampler options come from GenerationConfig (one source of names, defaults and help), and the
+library outside spiffy/cli does not use click."""
+import dataclasses
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from spiffy.cli import main
+from spiffy.sampling.config import GenerationConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_generation_field_is_an_option_with_the_dataclass_default():
+    cmd = main.commands["sample"]
+    params = {p.name: p for p in cmd.params}
+    for f in dataclasses.fields(GenerationConfig):
+        assert f.name in params, f"spiffy sample cannot set {f.name}"
+        assert params[f.name].default == f.default, f.name
+        assert params[f.name].help == f.metadata["help"], f.name
+
+
+def test_options_reach_the_config(monkeypatch):
+    seen = {}
+
+    import spiffy.cli.sample as sample
+
+    real = sample.config_from
+
+    def spy(kw):
+        cfg = real(kw)
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sample, "config_from", spy)
+    r = CliRunner().invoke(main, ["sample", "--model", "tiny-dream", "--prompt", "hi", "--alg-temp", "0.5",
+                                  "--logits-eos-inf", "--confidence-eos-eot-inf", "--sampler", "dream"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.alg_temp, cfg.logits_eos_inf, cfg.confidence_eos_eot_inf, cfg.sampler) == (0.5, True, True, "dream")
+
+
+def test_library_has_no_click():
+    users = [p.relative_to(ROOT) for p in (ROOT / "spiffy").rglob("*.py")
+             if "cli" not in p.relative_to(ROOT / "spiffy").parts and "import click" in p.read_text()]
+    assert not users, f"click outside spiffy/cli: {users}"
