@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spiffy.train.loop import load_recipe
+from spiffy_train.loop import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "models" / "recipes"
@@ -13,8 +13,8 @@ NAMES = ("spiffy-dllm-ref", "spiffy-ar-ref", "spiffy-ar-draft")
 
 
 def _params(name: str) -> int:
-    from spiffy.train.models import build_model, count_params
-    from spiffy.train.tokenizer import load_tokenizer
+    from spiffy_train.models import build_model, count_params
+    from spiffy_train.tokenizer import load_tokenizer
 
     r = load_recipe(RECIPES / f"{name}.json", "cpu", variant="cuda")
     with torch.device("meta"):
@@ -85,8 +85,8 @@ def _fake_data(d: Path) -> Path:
 
 
 def test_data_pack_is_training_only_and_reads_like_the_data_dir(tmp_path):
-    from spiffy.train.data import sft_pairs, source_texts
-    from spiffy.train.datapack import build_pack
+    from spiffy_train.data import sft_pairs, source_texts
+    from spiffy_train.datapack import build_pack
 
     src = _fake_data(tmp_path / "data")
     m = build_pack(src, tmp_path / "pack", max_mb=1)
@@ -105,7 +105,7 @@ def test_data_pack_is_training_only_and_reads_like_the_data_dir(tmp_path):
 
 
 def test_data_pack_over_budget_writes_nothing(tmp_path):
-    from spiffy.train.datapack import build_pack
+    from spiffy_train.datapack import build_pack
 
     src = _fake_data(tmp_path / "data")
     with pytest.raises(ValueError, match="over --max-mb"):

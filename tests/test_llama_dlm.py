@@ -1,5 +1,5 @@
 """The LLaMA-family diffusion backend and its LoRA adapters (spiffy.backends.llama_dlm/adapter,
-spiffy.train.adapt): the port equals transformers' Llama, attention is bidirectional, the logit shift is
+spiffy_train.adapt): the port equals transformers' Llama, attention is bidirectional, the logit shift is
 applied where the samplers read logits, training resumes exactly, and a shipped adapter rebuilds the
 weights whose logits were saved at the end of training."""
 import json
@@ -77,7 +77,7 @@ def test_port_equals_transformers_llama_under_a_causal_mask(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny adapter trained 6 steps and exported (the same code path as the shipped one)."""
-    from spiffy.train.adapt import train_adapter
+    from spiffy_train.adapt import train_adapter
 
     root = tmp_path_factory.mktemp("adapt")
     base = tiny_llama_base(root / "base")
@@ -119,7 +119,7 @@ def test_training_resumes_exactly(trained, tmp_path, monkeypatch):
     """3 steps, stop, 3 more steps from the saved state == 6 steps in one run (same adapter tensors)."""
     from safetensors.torch import load_file
 
-    from spiffy.train.adapt import train_adapter
+    from spiffy_train.adapt import train_adapter
 
     root, recipe, _ = trained
     monkeypatch.setenv("SPIFFY_CACHE", str(tmp_path / "cache"))

@@ -32,7 +32,7 @@ def _recorded_loss(path):
 
 def test_dllm_loads_and_reproduces_recorded_loss():
     import spiffy
-    from spiffy.train.evaluate import fixed_batch_loss
+    from spiffy_train.evaluate import fixed_batch_loss
 
     be = spiffy.load_backend(str(DLLM))
     assert be.family == "llada" and be.device.type == "cpu"
@@ -56,7 +56,7 @@ def test_default_backend_is_the_reference_dllm():
 
 def test_dllm_prompt_format_matches_sft():
     import spiffy
-    from spiffy.train.tokenizer import format_prompt
+    from spiffy_train.tokenizer import format_prompt
 
     be = spiffy.load_backend(str(DLLM))
     ids = be.encode_prompt("What is 2 + 3?", chat=True)
@@ -68,7 +68,7 @@ def test_dllm_prompt_format_matches_sft():
 def test_ar_models_load_and_reproduce_recorded_loss(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spiffy.train.evaluate import fixed_batch_loss
+    from spiffy_train.evaluate import fixed_batch_loss
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(path))

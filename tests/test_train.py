@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spiffy.train.objectives import block_forward_process, causal_lm_loss, forward_process, masked_diffusion_loss
+from spiffy_train.objectives import block_forward_process, causal_lm_loss, forward_process, masked_diffusion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "models" / "tokenizer"
@@ -97,7 +97,7 @@ def _recipe(kind, model):
             "intermediate_size": 64, "max_position_embeddings": 128}),
 ])
 def test_training_loop_runs_and_loss_decreases(tmp_path, kind, model):
-    from spiffy.train.loop import train
+    from spiffy_train.loop import train
 
     (tmp_path / "data").mkdir()
     data = _synthetic(tmp_path / "data")
@@ -122,7 +122,7 @@ def test_training_loop_runs_and_loss_decreases(tmp_path, kind, model):
 
 
 def test_same_seed_same_batches(tmp_path):
-    from spiffy.train.data import PackedMixture
+    from spiffy_train.data import PackedMixture
 
     import numpy as np
 
@@ -148,7 +148,7 @@ def test_causal_lm_loss_answer_only():
 
 
 def test_speculatability_call_count():
-    from spiffy.train.speculatability import calls_for_depth
+    from spiffy_train.speculatability import calls_for_depth
 
     order = [(0, 5), (1, 6), (2, 7), (3, 8)]
     right = [(p, t, 0.9, order[i:]) for i, (p, t) in enumerate(order)]
@@ -160,7 +160,7 @@ def test_speculatability_call_count():
 
 
 def test_resume_runs_the_remaining_stages_and_carries_the_earlier_records(tmp_path):
-    from spiffy.train.loop import train
+    from spiffy_train.loop import train
 
     (tmp_path / "data").mkdir()
     data = _synthetic(tmp_path / "data")
@@ -189,7 +189,7 @@ def test_resume_runs_the_remaining_stages_and_carries_the_earlier_records(tmp_pa
 def test_max_minutes_is_a_wall_budget_that_includes_data_preparation(tmp_path, monkeypatch):
     import time
 
-    import spiffy.train.loop as loop
+    import spiffy_train.loop as loop
 
     (tmp_path / "data").mkdir()
     data = _synthetic(tmp_path / "data")

@@ -3,7 +3,7 @@
 # the device tool, and leave the checkpoints in $OUT as a tar split into parts of at most 15 MiB.
 # See models/device/README.md. Environment (all optional except OUT):
 #   OUT      folder whose files come back (set by the device tool)
-#   PACK     training-only data pack            (default .data/train-pack; python -m spiffy.train.datapack)
+#   PACK     training-only data pack            (default .data/train-pack; python -m spiffy_train.datapack)
 #   DEVICE   cuda | cpu                          (default cuda)
 #   VARIANT  recipe variant                      (default cuda: the GPU sizes, also on a CPU dry run)
 #   MAX_MIN  wall budget of each run, data preparation included (default 6.9 min; dry runs pass e.g. 0.2)
@@ -28,7 +28,7 @@ WORK=${WORK:-/tmp/spiffy-device-train}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 PY=${PY:-python3}
 
-[ -f "$PACK/MANIFEST.json" ] || { echo "no data pack at $PACK: run python -m spiffy.train.datapack and carry .data"; exit 2; }
+[ -f "$PACK/MANIFEST.json" ] || { echo "no data pack at $PACK: run python -m spiffy_train.datapack and carry .data"; exit 2; }
 rm -rf "$WORK"; mkdir -p "$WORK/ckpt" "$WORK/logs"
 {
   date -u; uname -m; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
@@ -76,11 +76,11 @@ if [ "$SPEC" = 1 ] && [ -f "$D/model.safetensors" ] && [ -f "$EVAL" ]; then
   n=$(grep -c . "$EVAL"); per=$(( (n + SPEC_PROCS - 1) / SPEC_PROCS ))
   for ((lo = 0; lo < n; lo += per)); do
     hi=$(( lo + per < n ? lo + per : n ))
-    OMP_NUM_THREADS=1 timeout "$SPEC_S" $PY -m spiffy.train.speculatability "$D" --dataset "$EVAL" --n "$n" \
+    OMP_NUM_THREADS=1 timeout "$SPEC_S" $PY -m spiffy_train.speculatability "$D" --dataset "$EVAL" --n "$n" \
       --range "$lo:$hi" --threads 1 --out "$WORK/spec/part$lo.json" > "$WORK/logs/spec$lo.out" 2>&1 &
   done
   wait
-  $PY -m spiffy.train.speculatability "$D" --merge "$WORK"/spec/part*.json --out "$D/speculatability-device.json" \
+  $PY -m spiffy_train.speculatability "$D" --merge "$WORK"/spec/part*.json --out "$D/speculatability-device.json" \
     > "$WORK/logs/spec-merge.out" 2>&1 && grep -A3 '"8"' "$WORK/logs/spec-merge.out" | tr -d '\n '; echo
 fi
 cp -r "$WORK/logs" "$WORK/ckpt/logs"

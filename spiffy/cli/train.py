@@ -29,7 +29,7 @@ def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, res
     """Train the model a RECIPE describes (tokenizer, pretraining, SFT) and save it with safetensors."""
     from ..devices import check_device
     from ..errors import SpiffyError
-    from ..train.loop import train
+    from spiffy_train.loop import train
     from .sample import fail
 
     try:
@@ -49,8 +49,8 @@ def _adapt(recipe_path, data_dir, out, max_minutes, device, variant, log_path, r
     import torch
 
     from ..datasets import resolve_data_dir
-    from ..train.adapt import train_adapter
-    from ..train.loop import Logger, load_recipe, resolve_device
+    from spiffy_train.adapt import train_adapter
+    from spiffy_train.loop import Logger, load_recipe, resolve_device
 
     device = resolve_device(device)
     r = load_recipe(recipe_path, device, variant)

@@ -13,7 +13,7 @@ tokens. Offline, for draft depth D:
 
 Also reports the mean top-1 probability of the committed token per step.
 
-    python -m spiffy.train.speculatability models/spiffy-dllm-ref [--n 24] [--out FILE]
+    python -m spiffy_train.speculatability models/spiffy-dllm-ref [--n 24] [--out FILE]
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def trace(backend, prompt_ids: list[int], gen_length: int = 256, block_length: i
           cache: str = "none"):
     """Greedy 1-token/step decode; returns (generated ids, per-block list of steps). A step is
     (committed position, committed token, its probability, ranked [(pos, tok)] top ``keep``)."""
-    from ..sampling.baseline import generate_baseline
-    from ..sampling.config import GenerationConfig
+    from spiffy.sampling.baseline import generate_baseline
+    from spiffy.sampling.config import GenerationConfig
 
     cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, cache=cache)
     blocks = []
@@ -107,9 +107,9 @@ def report(backend, prompts: list[str], max_depth: int = MAX_DEPTH, log=print, c
 
 
 def main(argv=None):
-    from ..backends.loader import load_backend
-    from ..datasets import load_prompts
-    from ..memory import pin_mmap_threshold
+    from spiffy.backends.loader import load_backend
+    from spiffy.datasets import load_prompts
+    from spiffy.memory import pin_mmap_threshold
 
     pin_mmap_threshold()   # 24 prompts x 256 steps of large temporaries: see spiffy.memory
 

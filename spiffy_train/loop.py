@@ -72,7 +72,7 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name(torch.device(device))
     import os
 
-    from ..bench.machine import cpu_model
+    from spiffy.bench.machine import cpu_model
 
     return f"{cpu_model()} ({os.cpu_count()} cores)"
 
@@ -137,7 +137,7 @@ def train(recipe_path, data_dir=None, out: Optional[str] = None, max_minutes: Op
     """Run a recipe. ``resume_from`` + ``start_stage``: load the weights a previous run of the same recipe
     saved in ``resume_from`` (its training.json must list every stage before ``start_stage``), skip those
     stages and run the rest; the summary carries the earlier stages' records over, marked ``resumed``."""
-    from ..datasets import resolve_data_dir
+    from spiffy.datasets import resolve_data_dir
 
     t_run = time.time()  # ``max_minutes`` counts from here: data preparation included
     root = Path(root) if root else Path.cwd()

@@ -10,30 +10,8 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-PAD = "<|pad|>"
-EOS = "<|endoftext|>"
-BOS = "<|startoftext|>"
-MASK = "<|mdm_mask|>"
-EOT = "<|eot|>"
-USER = "<|user|>"
-ASSISTANT = "<|assistant|>"
-SPECIAL_TOKENS = [PAD, EOS, BOS, MASK, EOT, USER, ASSISTANT]
-
-# user turn: "<|user|>\n{text}<|eot|>\n"; generation prompt: "<|assistant|>\n"; an assistant turn
-# ends with EOS (SFT pads the answer side with further EOS tokens).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}" + USER + "\n{{ message['content'] }}" + EOT + "\n"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "\n{{ message['content'] }}" + EOS +
-    "{% else %}{{ message['content'] }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "\n{% endif %}"
-)
-
-
-def format_prompt(text: str) -> str:
-    """The chat-formatted prompt as a string (identical to the template's rendering)."""
-    return f"{USER}\n{text}{EOT}\n{ASSISTANT}\n"
+from .chat_format import (ASSISTANT, BOS, CHAT_TEMPLATE, EOS, EOT, MASK, PAD, SPECIAL_TOKENS,  # noqa: F401
+                          USER, format_prompt)
 
 
 def _sample_texts(data_dir: Path, max_chars: int, seed: int) -> Iterator[str]:

@@ -2,7 +2,7 @@
 
 The base (a named model, e.g. SmolLM2-135M-Instruct) keeps its weights and its one-position logit shift;
 attention becomes bidirectional (:mod:`spiffy.backends.llama_dlm`). Training is LLaDA's masked-diffusion
-objective on chat rows (:mod:`spiffy.train.chat_data`) and, with probability ``text_prob`` per step, on
+objective on chat rows (:mod:`spiffy_train.chat_data`) and, with probability ``text_prob`` per step, on
 windows of plain text; a share of the chat rows uses block-structured masking. bf16 autocast on CPU and GPU.
 
 Runs are resumable: every ``checkpoint_minutes`` and at the end the trainable tensors, the optimizer, the
@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..atomic import replace_folder, temp_folder
+from spiffy.atomic import replace_folder, temp_folder
 from . import adapter_card, lora
 from .objectives import block_forward_process, forward_process
 
@@ -38,7 +38,7 @@ def recipe_key(recipe: dict) -> str:
 
 
 def state_path(name: str) -> Path:
-    from ..named_models import cache_root
+    from spiffy.named_models import cache_root
 
     return cache_root() / "train" / name / "state.pt"
 
@@ -47,9 +47,9 @@ def build_base(recipe: dict, device: str):
     """(model in float32 with the base weights, tokenizer, mask id) for the recipe's named base."""
     from safetensors.torch import load_file
 
-    from ..backends.llama_dlm import LlamaDLMConfig, LlamaDLMModel
-    from ..backends.loader import load_tokenizer
-    from ..backends.adapter import resolve_base
+    from spiffy.backends.llama_dlm import LlamaDLMConfig, LlamaDLMModel
+    from spiffy.backends.loader import load_tokenizer
+    from spiffy.backends.adapter import resolve_base
 
     base = resolve_base(recipe["base"])
     raw = json.loads((base / "config.json").read_text())
@@ -152,7 +152,7 @@ def lr_at(step: int, recipe: dict) -> float:
 
 def prepare_data(recipe: dict, tok, mask_id: int, data_dir: Path, seed: int):
     from .chat_data import ChatBatches, TextWindows, encode_chat
-    from ..datasets import read_jsonl
+    from spiffy.datasets import read_jsonl
     from .data import gsm8k_rows, sft_pairs, source_texts, tokenize_stream
 
     eot = tok.eos_token_id
@@ -219,7 +219,7 @@ def train_adapter(recipe: dict, data_dir: Path, out_dir: Path, device: str, max_
     run = {"start_step": st["step"], "device": device, "threads": torch.get_num_threads(), "started": time.time()}
 
     def save_state():
-        from ..atomic import atomic_write_bytes
+        from spiffy.atomic import atomic_write_bytes
 
         import io
 
@@ -292,8 +292,8 @@ def export(model, trainable: dict, tok, mask_id: int, recipe: dict, summary: dic
     """Write the adapter folder atomically; its probe logits come from the model the loader rebuilds."""
     from safetensors.torch import save_file
 
-    from ..atomic import atomic_write_json
-    from ..backends.adapter import ADAPTER_FILE, ADAPTER_KEY
+    from spiffy.atomic import atomic_write_json
+    from spiffy.backends.adapter import ADAPTER_FILE, ADAPTER_KEY
 
     a = recipe["adapter"]
     tmp = temp_folder(out_dir)
@@ -331,9 +331,9 @@ def probe_prompts(recipe: dict) -> list:
 def probe_logits(folder: Path, tok, recipe: dict) -> dict:
     """Rebuild the model from ``folder`` as users load it; logits of a fixed probe (a chat prompt followed
     by 32 masks) and greedy answers to the recipe's sample prompts."""
-    from ..backends.loader import load_backend
-    from ..errors import ModelLoadError
-    from ..generate import generate
+    from spiffy.backends.loader import load_backend
+    from spiffy.errors import ModelLoadError
+    from spiffy.generate import generate
 
     be = load_backend(str(folder), device="cpu", dtype="float32")
     first = (probe_prompts(recipe) or ["What is 12 times 7?"])[0]

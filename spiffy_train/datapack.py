@@ -2,7 +2,7 @@
 
 The device machine (see models/device/README.md) gets the working tree and nothing else, at most 64 MiB
 of it. This writes the files the recipes read for *training* as gzipped JSONL, in the data directory's
-own layout, so ``--data-dir PACK`` works unchanged (``spiffy.train.data.read_jsonl`` reads ``X.jsonl.gz``
+own layout, so ``--data-dir PACK`` works unchanged (``spiffy_train.data.read_jsonl`` reads ``X.jsonl.gz``
 where ``X.jsonl`` is asked for):
 
 * python_stdlib/train.jsonl.gz: the stdlib train split without test suites (what ``stdlib_files`` keeps)
@@ -13,7 +13,7 @@ Held-out data (GSM8K test, HumanEval, MBPP test ids, the valid splits) is left o
 cannot train on it. Each source folder's README (source, licence) is copied along, and MANIFEST.json
 records the row counts and sha256 of what was written. The pack goes in a git-ignored folder (``.data/``).
 
-    python -m spiffy.train.datapack [--data-dir DIR] [--out .data/train-pack] [--max-mb 32]
+    python -m spiffy_train.datapack [--data-dir DIR] [--out .data/train-pack] [--max-mb 32]
                                     [--eval-out .data/eval/gsm8k-test-first24.jsonl] [--eval-n 24]
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..datasets import MBPP_TEST_IDS, resolve_data_dir
+from spiffy.atomic import atomic_write_text
+from spiffy.datasets import MBPP_TEST_IDS, resolve_data_dir
 from .data import mbpp_train_rows, read_jsonl, stdlib_files
 
 
@@ -75,7 +75,7 @@ def write_eval_prompts(data_dir=None, out="./.data/eval/gsm8k-test-first24.jsonl
     """The first ``n`` GSM8K test questions as a prompt file (``{"id", "question"}`` rows), for measuring
     speculatability where the data directory is absent: ``load_prompts(FILE)`` gives the same prompts as
     ``load_prompts("gsm8k", n)``. Kept outside the pack, which stays training-only."""
-    from ..datasets import load_prompts
+    from spiffy.datasets import load_prompts
 
     rows = load_prompts("gsm8k", n, data_dir)
     atomic_write_text(out, "".join(json.dumps({"id": r["id"], "question": r["prompt"]}) + "\n" for r in rows))

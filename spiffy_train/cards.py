@@ -1,7 +1,7 @@
 """Model cards (``models/<name>/README.md``) generated from measured JSON: training.json (written by the
-training loop), eval.json (``spiffy.train.evaluate``) and, for the dLLM, speculatability.json.
+training loop), eval.json (``spiffy_train.evaluate``) and, for the dLLM, speculatability.json.
 
-    python -m spiffy.train.cards models/spiffy-dllm-ref [--notes FILE]
+    python -m spiffy_train.cards models/spiffy-dllm-ref [--notes FILE]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CPU_HARDWARE = ("CPU only: {name}, no GPU (none was lent for this task); the tor
                 "table above, and whether other jobs shared the cores is in the notes. PyTorch float32 training; "
                 "weights saved as bfloat16 safetensors.")
 GPU_HARDWARE = ("One GPU: {name} (torch {torch}), bf16 autocast with float32 master weights, trained on the "
-                "device machine from a training-only data pack (`python -m spiffy.train.datapack`, see "
+                "device machine from a training-only data pack (`python -m spiffy_train.datapack`, see "
                 "models/device/README.md); weights saved as bfloat16 safetensors. Evaluation ran on the CPU.")
 
 
@@ -117,7 +117,7 @@ def render(model_dir, notes: str = "") -> str:
                   "closing EOS only).", ""]
     L += ["## Hardware", "", hardware(tr), ""]
     if ev:
-        L += ["## Held-out evaluation", "", f"Measured by `python -m spiffy.train.evaluate models/{name}` "
+        L += ["## Held-out evaluation", "", f"Measured by `python -m spiffy_train.evaluate models/{name}` "
               f"(numbers in `eval.json`).", ""]
         h = ev["heldout"]
         if kind == "dllm":
@@ -135,11 +135,11 @@ def render(model_dir, notes: str = "") -> str:
                   "| GSM8K test answers given the prompt (first %d) | %s | %s |" % (
                       h["gsm8k_test_questions"], h["gsm8k_test_answers"]["loss"], h["gsm8k_test_answers"]["ppl"]), ""]
         fb = ev["fixed_batch"]
-        L += [f"Fixed check batch (`spiffy.train.evaluate.FIXED_TEXTS`, 3 × 64 tokens"
+        L += [f"Fixed check batch (`spiffy_train.evaluate.FIXED_TEXTS`, 3 × 64 tokens"
               f"{', seeded 50% mask' if kind == 'dllm' else ''}): loss {fb['loss']} (checked by "
               "tests/test_reference_models.py).", ""]
         g = ev.get("gsm8k")
-        L += ["## GSM8K", "", "Not measured: eval.json has no GSM8K part (`python -m spiffy.train.evaluate "
+        L += ["## GSM8K", "", "Not measured: eval.json has no GSM8K part (`python -m spiffy_train.evaluate "
               f"models/{name} --parts gsm8k`)." if g is None else
               f"Accuracy on the first {g['n']} GSM8K test questions: **{g['correct']}/{g['n']} = "
               f"{100 * g['accuracy']:.1f}%** (answer parsed from `#### N`; {g['with_answer_marker']} outputs contained "
@@ -149,7 +149,7 @@ def render(model_dir, notes: str = "") -> str:
             L += [f"**{s['id']}**", "", "Prompt:", "", _block(s["prompt"]), "", "Output:", "", _block(s["output"] or "(empty)"), ""]
     if sp:
         L += ["## Speculatability", "",
-              f"`python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}` on the "
+              f"`python -m spiffy_train.speculatability models/{name} --cache {sp.get('cache', 'none')}` on the "
               f"{sp['dataset']} (gen_length {sp['gen_length']}, block_length {sp['block_length']}, greedy, "
               f"1 token/step, KV-cache mode `{sp.get('cache', 'none')}`): the draft k steps ahead is the current "
               "state plus the current top-(k+1) masked positions of the block (by top-1 probability) with their "
@@ -170,10 +170,10 @@ def render(model_dir, notes: str = "") -> str:
             cmds += [f"# the committed checkpoint ran the stages before {later[0]!r} first, then (same recipe):",
                      f"# spiffy train --recipe models/recipes/{name}.json --resume-from DIR_OF_THAT_RUN "
                      f"--start-stage {later[0]}"]
-    cmds.append(f"python -m spiffy.train.evaluate models/{name}")
+    cmds.append(f"python -m spiffy_train.evaluate models/{name}")
     if sp:
-        cmds.append(f"python -m spiffy.train.speculatability models/{name} --cache {sp.get('cache', 'none')}")
-    cmds.append(f"python -m spiffy.train.cards models/{name}")
+        cmds.append(f"python -m spiffy_train.speculatability models/{name} --cache {sp.get('cache', 'none')}")
+    cmds.append(f"python -m spiffy_train.cards models/{name}")
     L += ["## Re-training", "", "```"] + cmds + ["```", "",
           "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` is a wall budget for the "
           "whole run, data preparation included, and shrinks the stages proportionally to fit. "

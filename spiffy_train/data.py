@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..datasets import MBPP_TEST_IDS, read_jsonl
+from spiffy.datasets import MBPP_TEST_IDS, read_jsonl
 
 
 def stdlib_files(data_dir: Path, split: str = "train", drop_tests: bool = True) -> list[dict]:
@@ -158,7 +158,7 @@ class SFTRow:
 
 
 def encode_sft(tok, pairs, eos_id: int, max_prompt: int, max_answer: int) -> list[SFTRow]:
-    from .tokenizer import format_prompt
+    from .chat_format import format_prompt
 
     prompts = tok([format_prompt(p) for p, _ in pairs], add_special_tokens=False)["input_ids"]
     answers = tok([a for _, a in pairs], add_special_tokens=False)["input_ids"]

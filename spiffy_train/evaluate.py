@@ -1,7 +1,7 @@
 """Measure a reference model for its card: held-out losses, sample generations, GSM8K accuracy, and the
 fixed-batch loss the tests check. Writes ``<model>/eval.json``.
 
-    python -m spiffy.train.evaluate models/spiffy-dllm-ref [--data-dir DIR] [--n-gsm8k 200]
+    python -m spiffy_train.evaluate models/spiffy-dllm-ref [--data-dir DIR] [--n-gsm8k 200]
 
 dLLM: masked-token cross-entropy at mask ratios 0.1 … 0.9 (fixed seeded masks) on python_stdlib valid
 windows and on GSM8K test answers (prompt in the chat format, only answer tokens masked); samples with
@@ -45,7 +45,7 @@ def load_any(path):
 
     path = Path(path)
     if _is_dllm(path):
-        from ..backends.loader import load_backend
+        from spiffy.backends.loader import load_backend
 
         be = load_backend(str(path), device="cpu", dtype="float32")
         return "dllm", be, be.tokenizer
@@ -90,7 +90,7 @@ def stdlib_windows(tok, data_dir, n: int = 48, length: int = 256) -> torch.Tenso
 
 def gsm8k_test_pairs(tok, data_dir, n: int = 48):
     from .data import gsm8k_rows
-    from .tokenizer import format_prompt
+    from .chat_format import format_prompt
 
     rows = gsm8k_rows(Path(data_dir), "test")[:n]
     return [(tok(format_prompt(r["question"]), add_special_tokens=False)["input_ids"],
@@ -162,14 +162,14 @@ def _num_eq(a, b) -> bool:
 
 
 def dllm_generate(be, prompts, **kw):
-    from ..generate import generate
+    from spiffy.generate import generate
 
     return generate(be, prompts, gen_length=256, block_length=32, **kw)
 
 
 @torch.no_grad()
 def ar_generate(model, tok, prompts: list[str], max_new_tokens: int = 256) -> list[str]:
-    from .tokenizer import format_prompt
+    from .chat_format import format_prompt
 
     tok.padding_side = "left"
     enc = tok([format_prompt(p) for p in prompts], add_special_tokens=False, return_tensors="pt", padding=True)
@@ -191,14 +191,14 @@ def evaluate(path, data_dir=None, n_gsm8k: int = 200, n_samples_gsm8k: int = 5, 
              batch: int = 20, parts=PARTS, gsm8k_range=None, n_heldout: int = 24, log=print) -> dict:
     """Measure the requested ``parts``; ``gsm8k_range`` (start, stop) restricts the accuracy run to a slice
     of the first ``n_gsm8k`` questions (to split it over processes; merge with ``--merge``)."""
-    from ..datasets import load_prompts, resolve_data_dir
+    from spiffy.datasets import load_prompts, resolve_data_dir
 
     data_dir = resolve_data_dir(data_dir)
     kind, model, tok = load_any(path)
     t0 = time.time()
     res = {"model": Path(path).name, "kind": kind, "torch_threads": torch.get_num_threads()}
     if "losses" in parts:
-        res["fixed_batch"] = {"texts": "spiffy.train.evaluate.FIXED_TEXTS", "length": 64, "seed": FIXED_SEED,
+        res["fixed_batch"] = {"texts": "spiffy_train.evaluate.FIXED_TEXTS", "length": 64, "seed": FIXED_SEED,
                               "mask_ratio": FIXED_RATIO if kind == "dllm" else None,
                               "loss": round(fixed_batch_loss(kind, model, tok), 5)}
         windows = stdlib_windows(tok, data_dir, n=n_heldout)

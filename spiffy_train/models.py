@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..backends.llada import LLaDAConfig, LLaDAModelLM
+from spiffy.backends.llada import LLaDAConfig, LLaDAModelLM
 from .tokenizer import special_ids
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
