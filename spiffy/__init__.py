@@ -7,7 +7,7 @@ from ._lazy import lazy_attributes
 __version__ = "0.1.0"
 
 _NAMES = {
-    "generate": ".generate", "GenerationConfig": ".sampling.config", "GenerationResult": ".result",
+    "generate": ".generation", "GenerationConfig": ".sampling.config", "GenerationResult": ".result",
     "load_backend": ".backends", "tiny_backend": ".backends", "DiffusionBackend": ".backends",
     "SpiffyError": ".errors", "ConfigError": ".errors", "ModelLoadError": ".errors", "ArtifactError": ".errors",
 }

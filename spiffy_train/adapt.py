@@ -333,7 +333,7 @@ def probe_logits(folder: Path, tok, recipe: dict) -> dict:
     by 32 masks) and greedy answers to the recipe's sample prompts."""
     from spiffy.backends.loader import load_backend
     from spiffy.errors import ModelLoadError
-    from spiffy.generate import generate
+    from spiffy.generation import generate
 
     be = load_backend(str(folder), device="cpu", dtype="float32")
     first = (probe_prompts(recipe) or ["What is 12 times 7?"])[0]

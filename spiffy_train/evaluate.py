@@ -162,7 +162,7 @@ def _num_eq(a, b) -> bool:
 
 
 def dllm_generate(be, prompts, **kw):
-    from spiffy.generate import generate
+    from spiffy.generation import generate
 
     return generate(be, prompts, gen_length=256, block_length=32, **kw)
 

@@ -44,3 +44,12 @@ def test_library_has_no_click():
     users = [p.relative_to(ROOT) for p in (ROOT / "spiffy").rglob("*.py")
              if "cli" not in p.relative_to(ROOT / "spiffy").parts and "import click" in p.read_text()]
     assert not users, f"click outside spiffy/cli: {users}"
+
+
+def test_spiffy_generate_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    import spiffy
+
+    importlib.import_module("spiffy.generation")
+    assert callable(spiffy.generate) and spiffy.generate.__name__ == "generate"

@@ -82,7 +82,7 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
                              **ar, **kw)
     reject_given(ctx, [k for k in AR_SAMPLE_PARAMS if k != "target"], "without --target (AR-verifier mode)")
     from ..errors import ConfigError, SpiffyError
-    from ..generate import generate
+    from ..generation import generate
     from ..backends import load_backend
 
     try:

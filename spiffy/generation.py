@@ -1,4 +1,6 @@
-"""The one entry point for decoding: baseline, or Spiffy when a speculative configuration is given."""
+"""The one entry point for decoding (`spiffy.generate`): baseline, or Spiffy when a speculative configuration
+is given. The module is named `generation` so that importing it never replaces the package attribute
+`spiffy.generate` (the function) with a module."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
