@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from spiffy.atomic import replace_folder, temp_folder
+from spiffy.errors import ArtifactError, ConfigError
 from . import adapter_card, lora
-from .objectives import block_forward_process, forward_process
+from .objectives import block_forward_process, forward_process, llada_hidden
 
 PROBE_FILE = "probe_logits.safetensors"
 
@@ -45,18 +46,16 @@ def state_path(name: str) -> Path:
 
 def build_base(recipe: dict, device: str):
     """(model in float32 with the base weights, tokenizer, mask id) for the recipe's named base."""
-    from safetensors.torch import load_file
-
+    from spiffy.backends.adapter import load_base_weights, resolve_base
     from spiffy.backends.llama_dlm import LlamaDLMConfig, LlamaDLMModel
     from spiffy.backends.loader import load_tokenizer
-    from spiffy.backends.adapter import resolve_base
 
     base = resolve_base(recipe["base"])
     raw = json.loads((base / "config.json").read_text())
     tok = load_tokenizer(base)
     mask_id = tok.convert_tokens_to_ids(recipe["mask_token"])
     if mask_id is None or mask_id == tok.unk_token_id:
-        raise ValueError(f"mask token {recipe['mask_token']!r} is not in {recipe['base']}'s vocabulary")
+        raise ConfigError(f"mask token {recipe['mask_token']!r} is not in {recipe['base']}'s vocabulary")
     rope = raw.get("rope_theta") or (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     cfg = LlamaDLMConfig(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
                          intermediate_size=raw["intermediate_size"], num_hidden_layers=raw["num_hidden_layers"],
@@ -67,25 +66,15 @@ def build_base(recipe: dict, device: str):
                          mask_token_id=mask_id, pad_token_id=tok.pad_token_id, bos_token_id=raw.get("bos_token_id"),
                          eos_token_id=tok.eos_token_id)
     if not raw.get("tie_word_embeddings", False):
-        raise ValueError(f"{recipe['base']} does not tie its embeddings; the llama_dlm adapter expects tied ones")
+        raise ConfigError(f"{recipe['base']} does not tie its embeddings; the llama_dlm adapter expects tied ones")
     model = LlamaDLMModel(cfg)
-    sd = {}
-    for f in sorted(base.glob("*.safetensors")):
-        sd.update(load_file(str(f)))
-    model.load_state_dict({k: v.float() for k, v in sd.items() if k != "lm_head.weight"}, strict=True)
+    model.load_state_dict({k: v.float() for k, v in load_base_weights(base).items()}, strict=True)
     return model.to(device), tok, mask_id
 
 
 def hidden(model, ids, valid, mask_id):
-    """Final-normed hidden states (the computation of ``spiffy.backends.core.stack_forward``), with the
-    adapter's mask embedding."""
-    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    x = lora.embed(model, ids, mask_id)
-    cos, sin = model.rotary.cos_sin(pos, x.dtype)
-    mask = None if bool(valid.all()) else valid[:, None, None, :]
-    for blk in model.blocks_list():
-        x, _ = blk(x, cos, sin, mask, None)
-    return model.final_norm(x)
+    """Final-normed hidden states (``objectives.llada_hidden``), with the adapter's mask embedding."""
+    return llada_hidden(model, ids, None if bool(valid.all()) else valid, x=lora.embed(model, ids, mask_id))
 
 
 def shifted_loss(model, batch: dict, noisy, masked, p_mask, mask_id: int):
@@ -198,9 +187,13 @@ def train_adapter(recipe: dict, data_dir: Path, out_dir: Path, device: str, max_
     st = {"step": 0, "tokens": 0, "train_s": 0.0, "curve": [], "runs": []}
     sp = state_path(recipe["name"])
     if sp.exists() and not restart:
-        saved = torch.load(sp, map_location="cpu", weights_only=False)
+        try:
+            saved = torch.load(sp, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ArtifactError(f"{sp} is not a readable training state ({type(e).__name__}: {e}); "
+                                f"pass --restart to discard it") from None
         if saved["key"] != key:
-            raise ValueError(f"{sp} was saved by a different recipe (key {saved['key']} != {key}); "
+            raise ConfigError(f"{sp} was saved by a different recipe (key {saved['key']} != {key}); "
                              f"pass --restart to discard it")
         lora.load_state(trainable, saved["trainable"])
         opt.load_state_dict(saved["opt"])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spiffy.errors import ConfigError
+
 
 @dataclass
 class ChatRow:
@@ -62,7 +64,7 @@ class ChatBatches:
 
     def __init__(self, rows: list, pad_id: int, mask_id: int, block: int, max_answer: int, seed: int):
         if not rows:
-            raise ValueError("no training rows: every pair was longer than the recipe's limits")
+            raise ConfigError("no training rows: every pair was longer than the recipe's limits")
         self.rows, self.pad_id, self.mask_id, self.block, self.max_answer = rows, pad_id, mask_id, block, max_answer
         self.rng = np.random.default_rng(seed)
 
@@ -77,7 +79,7 @@ class TextWindows:
 
     def __init__(self, stream: np.ndarray, seq_len: int, seed: int):
         if len(stream) <= seq_len:
-            raise ValueError(f"text stream of {len(stream)} tokens is shorter than a window of {seq_len}")
+            raise ConfigError(f"text stream of {len(stream)} tokens is shorter than a window of {seq_len}")
         self.stream, self.seq_len = stream, seq_len
         self.rng = np.random.default_rng(seed)
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spiffy.errors import ArtifactError
+
 
 class LoRALinear(nn.Module):
     """``base(x) + scale * (x A^T) B^T`` with A [r, in] (Kaiming-uniform init) and B [out, r] (zeros), so
@@ -81,7 +83,7 @@ def export_state(trainable: dict) -> dict:
 def load_state(trainable: dict, state: dict):
     missing = set(trainable) - set(state)
     if missing:
-        raise ValueError(f"saved adapter state lacks {sorted(missing)[:3]}")
+        raise ArtifactError(f"saved adapter state lacks {sorted(missing)[:3]}")
     with torch.no_grad():
         for k, p in trainable.items():
             p.copy_(state[k].to(p.dtype))

@@ -103,19 +103,20 @@ def diffusion_step_loss(model, batch: dict, mask_id: int, eps: float = 1e-3, gen
         # LLaDA-style model: apply the LM head only at masked positions (the loss needs nothing else)
         if not bool(masked.any()):
             return model.head(model.final_norm(model.embed(ids[:1, :1]))).sum() * 0.0
-        h = _llada_hidden(model, noisy, valid)
+        h = llada_hidden(model, noisy, valid)
         logits_m = model.head(h[masked])
         return masked_loss_from_selected(logits_m, ids, masked, p_mask, answer_lengths)
     logits = model(noisy, attention_mask=valid).logits
     return masked_diffusion_loss(logits, ids, masked, p_mask, answer_lengths)
 
 
-def _llada_hidden(model, ids, valid=None):
-    """Final-normed hidden states of a LLaDA-style model (same computation as ``stack_forward``)."""
+def llada_hidden(model, ids, valid=None, x=None):
+    """Final-normed hidden states of a LLaDA-style model (same computation as ``stack_forward``). ``x``:
+    the input embeddings when the caller computes them (default: ``model.embed(ids)``)."""
     B, L = ids.shape
     key_valid = torch.ones(B, L, dtype=torch.bool, device=ids.device) if valid is None else valid.bool()
     pos = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
-    x = model.embed(ids)
+    x = model.embed(ids) if x is None else x
     cos, sin = model.rotary.cos_sin(pos, x.dtype)
     mask = None if valid is None else key_valid[:, None, None, :]  # key padding (boolean, True = attend)
     for blk in model.blocks_list():

@@ -179,7 +179,6 @@ def test_adapter_for_another_model_is_refused(trained, tmp_path):
         load_backend(str(other))
 
 
-@pytest.mark.skipif(not (SHIPPED / "adapter.safetensors").exists(), reason="no shipped adapter in this checkout")
 def test_shipped_adapter_rebuilds_its_saved_logits():
     from safetensors.torch import load_file
 
@@ -192,3 +191,33 @@ def test_shipped_adapter_rebuilds_its_saved_logits():
     probe = load_file(str(SHIPPED / "probe_logits.safetensors"))
     with torch.no_grad():
         assert torch.equal(be.forward(probe["input_ids"]).logits[0].float(), probe["logits"])
+
+
+def test_bad_adapter_training_input_is_one_clear_line(trained, tmp_path, monkeypatch):
+    """`spiffy train` on an adapter recipe: an unknown mask token, a changed recipe and a corrupt saved state
+    each give one `error:` line, no traceback, and leave the saved state as it was."""
+    from click.testing import CliRunner
+
+    from spiffy.cli import main
+
+    root, recipe, _ = trained
+    monkeypatch.setenv("SPIFFY_CACHE", str(tmp_path / "cache"))
+
+    def run(r):
+        (tmp_path / "r.json").write_text(json.dumps(r))
+        return CliRunner().invoke(main, ["train", "--recipe", str(tmp_path / "r.json"), "--data-dir",
+                                         str(root / "data"), "--out", str(tmp_path / "out"), "--device", "cpu"])
+
+    res = run(dict(recipe, mask_token="<|no-such-token|>"))
+    assert res.exit_code == 2 and res.output.startswith("error: mask token") and "Traceback" not in res.output
+    assert run(dict(recipe, steps=2)).exit_code == 0            # saves a state
+    state = tmp_path / "cache" / "train" / recipe["name"] / "state.pt"
+    before = state.read_bytes()
+    res = run(dict(recipe, steps=4, lr=0.5))
+    assert res.exit_code == 2 and "different recipe" in res.output and "--restart" in res.output
+    state.write_bytes(b"not a torch file")
+    res = run(dict(recipe, steps=4))
+    assert res.exit_code == 2 and "not a readable training state" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    state.write_bytes(before)
+    assert run(dict(recipe, steps=4)).exit_code == 0            # the intact state continues

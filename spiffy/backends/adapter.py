@@ -37,6 +37,17 @@ def resolve_base(name_or_path: str) -> Path:
     raise ModelLoadError(f"adapter base {name_or_path!r} is neither a named model nor a checkpoint folder")
 
 
+def load_base_weights(base: Path) -> dict:
+    """The base checkpoint's tensors (every *.safetensors file), without the LM head tied to the embedding."""
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in sorted(Path(base).glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    sd.pop("lm_head.weight", None)
+    return sd
+
+
 def merge_lora(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     """The merged float32 weight; the one formula both the loader and the training export use."""
     return weight.float() + scale * (b.float() @ a.float())
@@ -93,10 +104,7 @@ def load_adapter_model(path: Path, cfg_cls, model_cls, dtype: torch.dtype):
     base = resolve_base(meta["base"])   # a clear error naming `spiffy models fetch` when absent
     try:
         adapter_sd = load_file(str(path / ADAPTER_FILE))
-        base_sd = {}
-        for f in sorted(base.glob("*.safetensors")):
-            base_sd.update(load_file(str(f)))
-        base_sd.pop("lm_head.weight", None)   # tied to the embedding
+        base_sd = load_base_weights(base)
     except Exception as e:
         raise ModelLoadError(f"adapter {path} or its base {base} could not be read: {type(e).__name__}: {e}") from None
     config = cfg_cls.from_pretrained(str(path))
