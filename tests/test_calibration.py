@@ -134,18 +134,22 @@ def tiny_calibration(tmp_path_factory):
 
 
 def test_simulation_equals_decoder_and_replay(tiny_calibration):
-    """The graph's predicted calls equal the Spiffy decoder's measured NFE, prompt by prompt."""
+    """The graph's predicted calls (the search's fast index, and the decode loop run over the trace)
+    equal the Spiffy decoder's measured NFE, prompt by prompt."""
+    from spiffy.speculative.replay import provider_for, replay_nfe
+
     be, rows, cfg, out, rep = tiny_calibration
     path = out / "tiny-llada" / "b8_k1_g16_none" / "D4.json"
     g = load_graph_artifact(path, be)
     calib = rep["_sets"]["calibration"]
+    provider, _ = provider_for(be, cfg, SpeculativeConfig(graph=g, use_calibration=False))
     for k, r in enumerate(rows):
         ids = be.encode_prompt(r["prompt"], chat=False)
         base = generate(be, ids, cfg)
         spec = generate(be, ids, cfg, speculative=SpeculativeConfig(graph=g, verify="batch"))
         assert spec.token_ids == base.token_ids
         blocks = calib.chains[k * cfg.num_blocks:(k + 1) * cfg.num_blocks]
-        assert spec.nfe == simulate(blocks, set(g.nodes))["nfe"]
+        assert spec.nfe == simulate(blocks, set(g.nodes))["nfe"] == replay_nfe([calib.traces[k]], provider)["nfe"]
 
 
 def test_decoder_picks_calibrated_graph(tiny_calibration, monkeypatch):

@@ -48,9 +48,9 @@ def run_case(backend, setting, cache, verify, budget=8, prompts=PROMPTS, check_r
         accepted += out.stats.accepted
         saved += base.nfe - out.nfe
         if check_replay and n == 0:
-            _, traces = trace_baseline(backend, p, cfg, 2)
+            _, trace = trace_baseline(backend, p, cfg, 2)
             provider, _ = provider_for(backend, cfg, spec)
-            pred = replay_nfe(traces, provider, backend.mask_id, None, cfg.cfg_scale > 0)
+            pred = replay_nfe([trace], provider)
             assert pred["nfe"] == out.nfe, "the decoder must realise every saving its graph allows"
     return accepted, saved
 
@@ -81,13 +81,14 @@ def test_drafts_are_really_accepted(tiny_llada, tiny_dream):
 def test_wrong_noise_key_breaks_equality(tiny_llada, monkeypatch):
     """Sanity check that the equality tests can fail: a decoder drawing noise from the wrong key
     (one step late) does not reproduce the baseline at T > 0."""
-    import spiffy.speculative.decoder as dec
+    import spiffy.sampling.loop as loop
 
-    real = dec.step_generator
-    monkeypatch.setattr(dec, "step_generator", lambda seed, b, t, device: real(seed, b, t + 1, device))
     cfg = GenerationConfig(gen_length=24, block_length=12, temperature=1.0)
-    diff = sum(generate_speculative(tiny_llada, [p], cfg, SpeculativeConfig(budget=3)).token_ids
-               != generate_baseline(tiny_llada, [p], cfg).token_ids for p in PROMPTS)
+    base = [generate_baseline(tiny_llada, [p], cfg).token_ids for p in PROMPTS]
+    real = loop.step_generator
+    monkeypatch.setattr(loop, "step_generator", lambda seed, b, t, device: real(seed, b, t + 1, device))
+    diff = sum(generate_speculative(tiny_llada, [p], cfg, SpeculativeConfig(budget=3)).token_ids != want
+               for p, want in zip(PROMPTS, base))
     assert diff > 0
 
 
@@ -102,6 +103,24 @@ def test_batched_prompts_with_early_stop(tiny_llada, tiny_dream):
             out = generate_speculative(backend, prompts, cfg, SpeculativeConfig(budget=5))
             assert out.token_ids == base.token_ids, (backend.name, kw)
             assert out.block_steps == base.block_steps
+
+
+@pytest.mark.parametrize("verify", ["batch", "packed"])
+def test_batch_decoded_as_a_batch(verify, tiny_llada, tiny_dream):
+    """Rows at the same block step share one verification forward: each row's output is the one it gets
+    alone, and the batch needs fewer calls than its rows one at a time (at least the shared block starts)."""
+    prompts = random_prompts(3, seed=5, lo=3, hi=12)
+    for backend in (tiny_llada, tiny_dream):
+        for kw in (dict(), dict(threshold=0.4), dict(temperature=1.0, cfg_scale=1.0)):
+            cfg = GenerationConfig(gen_length=24, block_length=8, cache="dual", **kw)
+            spec = SpeculativeConfig(budget=5, verify=verify)
+            batch = generate_speculative(backend, prompts, cfg, spec)
+            alone = [generate_speculative(backend, [p], cfg, spec) for p in prompts]
+            assert batch.token_ids == [a.token_ids[0] for a in alone], (backend.name, kw)
+            assert batch.token_ids == generate_baseline(backend, prompts, cfg).token_ids
+            mult = 2 if cfg.cfg_scale > 0 else 1
+            assert max(a.nfe for a in alone) <= batch.nfe <= sum(a.nfe for a in alone) - 2 * cfg.num_blocks * mult
+            assert batch.stats.rounds == sum(a.stats.rounds for a in alone)
 
 
 def test_budget_zero_and_pruning(tiny_llada):

@@ -9,7 +9,15 @@ import torch
 
 from spiffy import GenerationConfig
 from spiffy.sampling.session import DecodeSession
-from spiffy.speculative.verifier import verify_batch, verify_packed
+from spiffy.speculative.verifier import verify
+
+
+def verify_packed(s, b, states, masked_only=False):
+    return verify(s, b, [(0, states)], "packed", masked_only)[0]
+
+
+def verify_batch(s, b, states, masked_only=False):
+    return verify(s, b, [(0, states)], "batch", masked_only)[0]
 
 from .conftest import random_prompts
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..sampling.baseline import generate_baseline, sampler_of
+from ..sampling.baseline import generate_baseline
+from ..sampling.loop import sampler_of
 from ..sampling.config import GenerationConfig
 from ..atomic import atomic_write_json, atomic_write_text
 from ..speculative import SpeculativeConfig, generate_speculative
 from ..speculative.calibrated import calibrated_graph_for, load_graph_artifact
-from ..speculative.replay import baseline_nfe, ceiling_nfe, provider_for, replay_nfe, trace_baseline
+from ..speculative.replay import ceiling_nfe, provider_for, replay_trace, trace_baseline
 
 # Spiffy paper, LLaDA-8B, gen 256, block 32, 1 token/step: NFE reduction range over four benchmarks
 PAPER_NFE_REDUCTION = {3: (2.24, 2.40), 5: (2.50, 2.71), 8: (2.74, 3.00), 10: (2.80, 3.07)}
@@ -121,11 +122,11 @@ def measure_prompt(backend, p: list, plan: list, vanilla_cfg: Optional[Generatio
         r = generate_baseline(backend, [p], vanilla_cfg)
         rec["vanilla"] = {"wall_s": r.wall_s, "tokens": len(r.token_ids[0]), "nfe": r.nfe}
     for cfg, specs in plan:
-        base = generate_baseline(backend, [p], cfg)
-        traces = None
-        if predict or ceiling:
-            _, traces = trace_baseline(backend, p, cfg, k=4)
-        doubled = cfg.cfg_scale > 0
+        trace = None
+        if predict or ceiling:    # one baseline decode, traced (its wall_s leaves the tracing out)
+            base, trace = trace_baseline(backend, p, cfg, k=4)
+        else:
+            base = generate_baseline(backend, [p], cfg)
         runs = {}
         for D, (spec, _) in specs.items():
             res = generate_speculative(backend, [p], cfg, spec)
@@ -133,12 +134,11 @@ def measure_prompt(backend, p: list, plan: list, vanilla_cfg: Optional[Generatio
             run = {"nfe": res.nfe, "wall_s": res.wall_s, "tokens": res.token_ids[0], "rounds": st.rounds,
                    "accepted": st.accepted, "model_s": st.model_s, "drafting_s": st.drafting_s,
                    "bookkeeping_s": st.bookkeeping_s, "exact": st.exact}
-            if traces is not None and predict:
+            if trace is not None and predict:
                 provider, _ = provider_for(backend, cfg, spec)
-                run["predicted_nfe"] = replay_nfe(traces, provider, backend.mask_id, spec.pruner(), doubled)["nfe"]
-                assert baseline_nfe(traces, doubled) == base.nfe
-            if traces is not None and ceiling:
-                run["ceiling_nfe"] = ceiling_nfe(traces, D, doubled)
+                run["predicted_nfe"] = replay_trace(trace, provider, spec.pruner())
+            if trace is not None and ceiling:
+                run["ceiling_nfe"] = ceiling_nfe(trace, D)
             runs[D] = run
         rec["settings"].append({"base": {"nfe": base.nfe, "wall_s": base.wall_s, "tokens": base.token_ids[0]},
                                 "runs": runs})

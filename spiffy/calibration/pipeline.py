@@ -14,7 +14,7 @@ import networkx as nx
 
 from ..atomic import atomic_write_json, atomic_write_text, replace_folder, temp_folder
 from ..errors import ArtifactError, ConfigError
-from ..sampling.baseline import sampler_of
+from ..sampling.loop import sampler_of
 from ..sampling.schedule import block_schedule
 from ..speculative.calibrated import set_folder_name, setting_key
 from ..speculative.defaults import default_graph
@@ -107,8 +107,7 @@ def evaluate_pruned(backend, cfg, ts: TraceSet, graph, keep: int, child_weight: 
 
     pruner = calibrated_pruner(keep, child_weight)
     provider, _ = provider_for(backend, cfg, SpeculativeConfig(graph=graph, use_calibration=False))
-    flat = [tr for per_prompt in ts.traces for tr in per_prompt]
-    r = replay_nfe(flat, provider, backend.mask_id, pruner, cfg.cfg_scale > 0)
+    r = replay_nfe(ts.traces, provider, pruner)
     return {"calls": r["nfe"], "baseline_calls": ts.baseline, "nfe_reduction": round(reduction(ts.baseline, r["nfe"]), 4),
             "accepted_per_round": round(r["accepted"] / max(r["rounds"], 1), 4), "child_weight": child_weight}
 

@@ -11,6 +11,7 @@ the position just before the block, so every block position gets a fresh predict
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -19,6 +20,7 @@ import torch
 from ..backends.backend import DiffusionBackend
 from ..backends.core import ContextKV
 from .config import GenerationConfig
+from .loop import Canvas
 
 
 def _sync(device):
@@ -26,20 +28,20 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-class DecodeSession:
+class DecodeSession(Canvas):
+    """The canvas of a decode plus every model call made on it."""
+
     def __init__(self, backend: DiffusionBackend, prompts: list[list[int]], cfg: GenerationConfig):
-        self.backend, self.cfg = backend, cfg
+        self.backend = backend
         dev = backend.device
-        self.B = len(prompts)
-        self.P = max(len(p) for p in prompts)
-        self.L = self.P + cfg.gen_length
-        x = torch.full((self.B, self.L), backend.pad_id, dtype=torch.long, device=dev)
-        valid = torch.zeros(self.B, self.L, dtype=torch.bool, device=dev)
+        B, P = len(prompts), max(len(p) for p in prompts)
+        x = torch.full((B, P + cfg.gen_length), backend.pad_id, dtype=torch.long, device=dev)
+        valid = torch.zeros_like(x, dtype=torch.bool)
         for i, p in enumerate(prompts):  # left padding
-            x[i, self.P - len(p):self.P] = torch.tensor(p, dtype=torch.long, device=dev)
-            valid[i, self.P - len(p):] = True
-        x[:, self.P:] = backend.mask_id
-        self.x = x
+            x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=dev)
+            valid[i, P - len(p):] = True
+        x[:, P:] = backend.mask_id
+        super().__init__(x, P, cfg, backend.mask_id, backend.eos_id, backend.eot_id, backend.pad_id)
         self.key_valid = valid
         self.padded = any(len(p) < self.P for p in prompts)
         self.pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
@@ -53,10 +55,6 @@ class DecodeSession:
         self.shift = backend.logit_shift
 
     # ------------------------------------------------------------------ geometry
-    def span(self, b: int) -> tuple[int, int]:
-        s = self.P + b * self.cfg.block_length
-        return s, s + self.cfg.block_length
-
     def query_range(self, b: int) -> tuple[int, int]:
         """The positions a step inside block b recomputes under the session's cache mode."""
         s, e = self.span(b)
@@ -72,22 +70,17 @@ class DecodeSession:
         return torch.arange(s - self.shift - qs, e - self.shift - qs, device=self.x.device)
 
     # ------------------------------------------------------------------ model calls
-    def rows(self, t: torch.Tensor, qs: int, qe: int, is_ids: bool) -> torch.Tensor:
-        """Double the batch for classifier-free guidance: the unconditional copy masks the prompt."""
-        if not self.use_cfg:
-            return t
-        if is_ids:
-            un = torch.where(self.prompt_mask[:, qs:qe], torch.full_like(t, self.backend.mask_id), t)
-            return torch.cat([t, un])
-        return torch.cat([t, t])
-
-    def query_ids(self, b: int, qs: int, qe: int, block: Optional[torch.Tensor]) -> torch.Tensor:
-        ids = self.x[:, qs:qe]
-        if block is not None:
-            s, e = self.span(b)
-            ids = ids.clone()
-            ids[:, s - qs:e - qs] = block
-        return ids
+    def context_rows(self, row_of: Optional[torch.Tensor]) -> Optional[ContextKV]:
+        """The frozen context for query rows copied from rows ``row_of`` (None: the session's own rows;
+        CFG: the conditional copies, then the unconditional ones)."""
+        ctx = self.context
+        if ctx is None or row_of is None:
+            return ctx
+        if self.B == 1 and not self.use_cfg:
+            return ctx.repeat(row_of.numel())          # views of the one row
+        idx = torch.cat([row_of, row_of + self.B]) if self.use_cfg else row_of
+        return dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx)) for k, v in ctx.layers],
+                                   valid=ctx.valid.index_select(0, idx))
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.use_cfg:
@@ -95,50 +88,62 @@ class DecodeSession:
         cond, un = logits.chunk(2)
         return un + (self.cfg.cfg_scale + 1) * (cond - un)
 
-    def call(self, ids, pos, valid, context=None, attention_mask=None, return_kv=False, logits_index=None):
-        """One model forward (counted in NFE; CFG's unconditional half counts as a second call)."""
+    def forward(self, ids, pos, valid, prompt_mask, context=None, attention_mask=None, return_kv=False,
+                logits_index=None, counted: bool = True):
+        """One model call on query rows (CFG doubles them, the unconditional copy with its prompt
+        masked). Counted in NFE (CFG's unconditional half as a second call) unless ``counted=False``:
+        a diagnostic forward no decode needs. Returns the output with CFG-combined logits."""
+        if self.use_cfg:
+            un = torch.where(prompt_mask, torch.full_like(ids, self.mask_id), ids)
+            ids, pos, valid = torch.cat([ids, un]), torch.cat([pos, pos]), torch.cat([valid, valid])
         dev = self.backend.device
         _sync(dev)
         t0 = time.perf_counter()
         out = self.backend.forward(ids, pos, attention_mask, context, return_kv, logits_index,
                                    key_valid=valid if self.padded else None)
         _sync(dev)
-        self.model_time += time.perf_counter() - t0
-        self.nfe += 2 if self.use_cfg else 1
-        self.tokens_processed += ids.numel()
+        if counted:
+            self.model_time += time.perf_counter() - t0
+            self.nfe += 2 if self.use_cfg else 1
+            self.tokens_processed += ids.numel()
+        out.logits = self.combine(out.logits)
         return out
 
-    def run_query(self, b, qs, qe, block=None, context=None, return_kv=False):
-        ids = self.rows(self.query_ids(b, qs, qe, block), qs, qe, True)
-        pos = self.rows(self.pos[:, qs:qe], qs, qe, False)
-        valid = self.rows(self.key_valid[:, qs:qe], qs, qe, False)
-        return self.call(ids, pos, valid, context=context, return_kv=return_kv,
-                         logits_index=self.target_rows(b, qs))
+    def states_forward(self, b: int, row_of: torch.Tensor, states: torch.Tensor, logits_index=None,
+                       counted: bool = True):
+        """Batch copies: query row i is row ``row_of[i]`` with its block set to ``states[i]``, each exactly
+        what a step of this session runs for that state (over the shared frozen context)."""
+        qs, qe = self.query_range(b)
+        s, e = self.span(b)
+        ids = self.x[row_of, qs:qe].clone()
+        ids[:, s - qs:e - qs] = states
+        return self.forward(ids, self.pos[row_of, qs:qe], self.key_valid[row_of, qs:qe], self.prompt_mask[row_of, qs:qe],
+                            None if self.cfg.cache == "none" else self.context_rows(row_of),
+                            logits_index=self.target_rows(b, qs) if logits_index is None else logits_index,
+                            counted=counted)
 
     def begin_block(self, b: int) -> torch.Tensor:
         """The block's first step: a full forward (which also builds the cache). Logits [B, n, V]."""
         cache = self.cfg.cache
-        out = self.run_query(b, 0, self.L, return_kv=cache != "none")
+        out = self.forward(self.x, self.pos, self.key_valid, self.prompt_mask, return_kv=cache != "none",
+                           logits_index=self.target_rows(b, 0))
         if cache != "none":
             qs, qe = self.query_range(b)
             keep = torch.ones(self.L, dtype=torch.bool, device=self.x.device)
             keep[qs:qe] = False
             idx = keep.nonzero().squeeze(-1)
             layers = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in out.kv]
-            valid = self.rows(self.key_valid[:, idx], 0, 0, False)
-            self.context = ContextKV(layers, valid, idx, all_valid=not self.padded)
-        return self.combine(out.logits)
+            valid = self.key_valid[:, idx]
+            self.context = ContextKV(layers, torch.cat([valid, valid]) if self.use_cfg else valid, idx,
+                                     all_valid=not self.padded)
+        return out.logits
 
     def block_logits(self, b: int, block: torch.Tensor) -> torch.Tensor:
         """Logits [B, n, V] for the block holding ``block`` [B, n], under the cache mode."""
-        if self.cfg.cache == "none":
-            return self.combine(self.run_query(b, 0, self.L, block).logits)
         qs, qe = self.query_range(b)
-        return self.combine(self.run_query(b, qs, qe, block, context=self.context).logits)
-
-    def commit(self, b: int, block: torch.Tensor) -> None:
         s, e = self.span(b)
-        self.x[:, s:e] = block
-
-    def generated(self) -> torch.Tensor:
-        return self.x[:, self.P:]
+        ids = self.x[:, qs:qe].clone()
+        ids[:, s - qs:e - qs] = block
+        ctx = None if self.cfg.cache == "none" else self.context
+        return self.forward(ids, self.pos[:, qs:qe], self.key_valid[:, qs:qe], self.prompt_mask[:, qs:qe], ctx,
+                            logits_index=self.target_rows(b, qs)).logits

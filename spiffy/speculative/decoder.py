@@ -1,16 +1,14 @@
-"""Spiffy's decoder: the baseline loop, with each model call also verifying draft states.
+"""Spiffy's decoder: the one block loop (:mod:`spiffy.sampling.loop`) with a source of distributions
+that verifies draft states with every model call.
 
-Per block: the block's first step is the baseline's full forward (it builds the cache and carries
-no drafts). Every later state without a known distribution opens a round: one forward evaluates it
-together with the drafts (instantiated from the distribution that produced it), then the
-acceptance walk (:mod:`.walk`) applies the baseline's steps, with the baseline's keyed noise, for
-as long as the true next state is a verified draft. A step that commits nothing (Dream's schedule
-can have such steps) leaves the state, hence its distribution, unchanged: no call is needed.
-
-Rows of a batch are decoded one at a time (each with its own session); a step's noise is shared by
-every row of a batch, so each row draws what the batched baseline draws for it, and early stopping
-waits for every row.
-Result ``nfe`` / ``tokens_processed`` are summed over the rows' calls.
+Per block: the block's first step is the baseline's full forward (it builds the cache and carries no
+drafts). After a step, each row either stands on a draft its previous call verified (the step landed
+on it: its distribution is already known, no call), or on a state that committed nothing (same state,
+same distribution, no call), or it opens a round: drafts are instantiated from the distribution that
+produced its state (proposer), and ONE forward evaluates the real state of every such row with all
+their drafts (scorer: :mod:`.verifier`). The walk (:mod:`.walk`) then follows the baseline's own steps
+with the baseline's keyed noise for as long as they land on verified drafts. Each row of a batch gets
+exactly the distributions the batched baseline computes for it, so outputs are the baseline's.
 """
 from __future__ import annotations
 
@@ -20,16 +18,14 @@ import warnings
 import torch
 
 from ..result import GenerationResult
-from ..sampling.baseline import block_done, fill_after_stop, sampler_of, stop_early
+from ..sampling.baseline import finish
 from ..sampling.config import GenerationConfig
-from ..sampling.noise import step_generator
-from ..sampling.schedule import block_schedule
-from ..sampling.session import DecodeSession, _sync
-from ..sampling.step import denoise_step
+from ..sampling.loop import StepRule, decode_blocks
+from ..sampling.session import DecodeSession
 from .config import NearLosslessWarning, SpeculativeConfig
 from .proposer import DraftSource
 from .stats import SpeculativeStats
-from .verifier import packed_is_exact, verify, verify_batch
+from .verifier import packed_is_exact, verify
 from .walk import GraphProvider, Timer, plan_round, token_ranks_needed
 
 NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-lossless on a bidirectional model: "
@@ -37,102 +33,116 @@ NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-loss
                      "baseline. Use cache='dual' for exact packed verification, or verify='batch' (exact everywhere).")
 
 
-class _RowDecoder:
-    def __init__(self, backend, cfg: GenerationConfig, spec: SpeculativeConfig, provider: GraphProvider,
-                 prompt, stats: SpeculativeStats):
-        self.backend, self.cfg, self.spec = backend, cfg, spec
-        self.session = DecodeSession(backend, [prompt], cfg)
-        self.sampler = sampler_of(backend, cfg)
-        self.provider = provider
-        self.pruner = spec.pruner()
-        self.stats = stats
-        self.k = token_ranks_needed(provider)
-        self.exact = spec.verify == "batch" or packed_is_exact(cfg.cache)
+class ModelScorer:
+    """Distributions from the model: the block's first forward, and verification forwards that evaluate
+    several rows' real states and drafts at once."""
+
+    def __init__(self, session: DecodeSession, spec: SpeculativeConfig, step: StepRule, k: int):
+        self.session, self.spec, self.step, self.k = session, spec, step, k
+
+    def first(self, b: int) -> list:
+        return list(self.session.begin_block(b))
+
+    def draft_source(self, row: int, dist, b: int, t: int) -> DraftSource:
+        return DraftSource.from_logits(dist, self.k, self.step.cfg, self.step.sampler, self.step.eos_id,
+                                       self.step.mask_id)
+
+    def score(self, b: int, requests: list, counted: bool = True) -> list:
+        """requests: (row, [real state, draft states...] as tuples) -> per request, a list of [n, V]."""
+        dev = self.session.x.device
+        reqs = [(row, torch.tensor(states, dtype=torch.long, device=dev)) for row, states in requests]
+        return [list(lg) for lg in verify(self.session, b, reqs, self.spec.verify, counted=counted)]
+
+
+class SpeculativeSource:
+    """Proposer + scorer + acceptance for every row of a batch (the decoder's and the replay's)."""
+
+    def __init__(self, scorer, provider: GraphProvider, pruner, mask_id: int, stats: SpeculativeStats, B: int,
+                 check=None):
+        self.scorer, self.provider, self.pruner, self.mask_id = scorer, provider, pruner, mask_id
+        self.stats, self.B, self.check = stats, B, check
+        self.rounds = [None] * B
         self.t_draft, self.t_book = Timer(), Timer()
 
-    def step(self, logits, block, b, t, n):
-        """The baseline's step on one row. A step's noise is one draw shared by every row of a batch
-        (spiffy.sampling.noise), so a row decoded alone gets the noise the batched baseline gives it."""
-        gen = step_generator(self.cfg.seed, b, t, self.backend.device)
-        out = denoise_step(logits[None], block, self.backend.mask_id, self.cfg, self.sampler,
-                           None if n is None else [n], gen, self.backend.eos_id, self.backend.eot_id)
-        return out.tokens
+    def close(self):
+        for rnd in self.rounds:
+            if rnd is not None:
+                self.stats.count("accepted_per_round", rnd.accepted)
+        self.rounds = [None] * self.B
 
-    def decode_block(self, b: int) -> int:
-        se, st = self.session, self.stats
-        s, e = se.span(b)
-        block = se.x[:, s:e].clone()
-        schedule = None if self.cfg.threshold is not None else block_schedule(
-            self.sampler, self.cfg.block_length, self.cfg.steps_per_block)
-        logits = se.begin_block(b)[0]
-        st.block_starts += 1
-        rnd = None
-        t = 0
-        while True:
-            new = self.step(logits, block, b, t, None if schedule is None else schedule[t])
-            t += 1
-            st.steps += 1
-            se.commit(b, new)
-            if (schedule is not None and t == len(schedule)) or (schedule is None and block_done(se, new)):
-                break
-            if torch.equal(new, block):              # nothing committed: same state, same distribution
+    def first(self, b: int):
+        self.close()
+        self.stats.block_starts += 1
+        self.stats.steps += 1
+        return self.scorer.first(b)
+
+    def next(self, b: int, t: int, schedule, before: torch.Tensor, after: torch.Tensor, dist: list) -> list:
+        st = self.stats
+        st.steps += 1
+        dist = list(dist)
+        requests = []
+        with self.t_book:
+            rows_after, rows_before = after.tolist(), before.tolist()
+        for i in range(self.B):
+            new = tuple(rows_after[i])
+            if self.mask_id not in new:                 # row finished: no distribution is needed
+                continue
+            if new == tuple(rows_before[i]):            # nothing committed: same state, same distribution
                 st.skipped_empty_steps += 1
                 continue
+            rnd = self.rounds[i]
             with self.t_book:
-                key = tuple(new[0].tolist())
-                child = rnd.advance(key) if rnd is not None else None
+                child = rnd.advance(new) if rnd is not None else None
             if child is not None:
-                self._accept(rnd, child, b, t, schedule, new)
-                logits = rnd.logits[child]
-                block = new
+                st.accepted += 1
+                st.count("depth_accepted", rnd.graph.nodes[child]["depth"])
+                st.count("node_accepted", child)
+                if self.check is not None:
+                    self.check(b, t, i, new, rnd.logits[child], schedule)
+                dist[i] = rnd.logits[child]
                 continue
-            self._close(rnd)
+            if rnd is not None:
+                st.count("accepted_per_round", rnd.accepted)
             with self.t_draft:
                 upcoming = None if schedule is None else [c for c in schedule[t:] if c > 0]
                 graph = self.provider.graph_for(upcoming)
-                source = DraftSource.from_logits(logits, self.k, self.cfg, self.sampler, self.backend.eos_id,
-                                                  self.backend.mask_id)
-                rnd = plan_round(graph, key, source, self.backend.mask_id, upcoming, self.pruner)
+                source = self.scorer.draft_source(i, dist[i], b, t - 1)
+                rnd = plan_round(graph, new, source, self.mask_id, upcoming, self.pruner)
+            self.rounds[i] = rnd
+            requests.append((i, [new] + [rnd.inst.states[f] for f in rnd.nodes]))
+        if requests:
+            scored = self.scorer.score(b, requests)
             with self.t_book:
-                states = torch.tensor([key] + [rnd.inst.states[f] for f in rnd.nodes], dtype=torch.long,
-                                      device=new.device)
-            all_logits = verify(se, b, states, self.spec.verify)
-            with self.t_book:
-                logits = all_logits[0]
-                rnd.logits = {f: all_logits[i + 1] for i, f in enumerate(rnd.nodes)}
-                st.rounds += 1
-                st.drafts_verified += len(rnd.nodes)
-                for f in rnd.nodes:
-                    st.count("depth_offered", graph.nodes[f]["depth"])
-                    st.count("node_offered", f)
-            block = new
-        self._close(rnd)
-        return t
+                for (i, _), out in zip(requests, scored):
+                    rnd = self.rounds[i]
+                    dist[i] = out[0]
+                    rnd.logits = dict(zip(rnd.nodes, out[1:]))
+                    st.rounds += 1
+                    st.drafts_verified += len(rnd.nodes)
+                    for f in rnd.nodes:
+                        st.count("depth_offered", rnd.graph.nodes[f]["depth"])
+                        st.count("node_offered", f)
+        return dist
 
-    def _accept(self, rnd, child, b, t, schedule, new):
-        st = self.stats
-        st.accepted += 1
-        st.count("depth_accepted", rnd.graph.nodes[child]["depth"])
-        st.count("node_accepted", child)
-        if self.exact or not self.spec.measure_mismatch:
-            return
-        # near-lossless packed mode: compare with a real forward of the accepted state (not counted)
-        se = self.session
-        saved = (se.nfe, se.tokens_processed, se.model_time)
-        real = verify_batch(se, b, new)[0]
-        se.nfe, se.tokens_processed, se.model_time = saved
-        got = rnd.logits[child]
-        rows = new[0] == self.backend.mask_id          # only masked positions' logits are computed and read
+
+class MismatchCheck:
+    """Near-lossless packed mode: compare an accepted draft's distribution with a real forward of that
+    state (kept out of every counter) and count the steps whose outcome would differ."""
+
+    def __init__(self, scorer: ModelScorer, step: StepRule, stats: SpeculativeStats):
+        self.scorer, self.step, self.stats = scorer, step, stats
+
+    def __call__(self, b, t, row, state, got, schedule):
+        real = self.scorer.score(b, [(row, [state])], counted=False)[0][0]
+        rows = torch.tensor(state, device=got.device) == self.step.mask_id   # only masked positions are read
         diff = float((real[rows].to(torch.float64) - got[rows].to(torch.float64)).abs().max())
+        st = self.stats
         st.max_logit_diff = max(st.max_logit_diff or 0.0, diff)
-        n = None if schedule is None else schedule[t]
         st.mismatch_checked += 1
-        if not torch.equal(self.step(real, new, b, t, n), self.step(got, new, b, t, n)):
+        n = None if schedule is None else [schedule[t]]
+        block = torch.tensor([state], device=got.device)
+        if not torch.equal(self.step(real[None], block, b, t, n).tokens, self.step(got[None], block, b, t, n).tokens):
             st.mismatches += 1
-
-    def _close(self, rnd):
-        if rnd is not None:
-            self.stats.count("accepted_per_round", rnd.accepted)
 
 
 @torch.no_grad()
@@ -140,37 +150,26 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
                          on_block=None) -> GenerationResult:
     """Decode ``prompts`` with Spiffy. Output equals ``generate_baseline``'s token for token (``verify="batch"``
     anywhere, ``verify="packed"`` under the dual cache); see :class:`SpeculativeConfig` for packed
-    verification without the dual cache, which is only near-lossless."""
+    verification without the dual cache, which is only near-lossless. The rows of a batch are decoded
+    together: the rows that need a call at a step share one verification forward."""
     if isinstance(spec, dict):
         spec = SpeculativeConfig(**spec)
     spec.validate()
     cfg.validate(max(len(p) for p in prompts), backend.context_length)
-    if spec.verify == "packed" and not packed_is_exact(cfg.cache):
+    exact = spec.verify == "batch" or packed_is_exact(cfg.cache)
+    if not exact:
         warnings.warn(NEAR_LOSSLESS_MSG.format(cache=cfg.cache), NearLosslessWarning, stacklevel=3)
     t0 = time.perf_counter()
-    sampler = sampler_of(backend, cfg)
-    provider = GraphProvider(spec, backend, cfg, sampler)
-    stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget)
-    rows = [_RowDecoder(backend, cfg, spec, provider, p, stats) for p in prompts]
-    block_steps = []
-    for b in range(cfg.num_blocks):
-        block_steps.append(max(rd.decode_block(b) for rd in rows))
-        if on_block is not None:   # as generate_baseline's: each row's final tokens of block b
-            on_block(b, [rd.session.x[0, slice(*rd.session.span(b))].tolist() for rd in rows])
-        if cfg.early_stop and b + 1 < cfg.num_blocks and all(stop_early(rd.session, b) for rd in rows):
-            for rd in rows:
-                fill_after_stop(rd.session, b)
-            break
-    _sync(backend.device)
-    sessions = [rd.session for rd in rows]
-    stats.exact = all(rd.exact for rd in rows)
-    stats.nfe = sum(s.nfe for s in sessions)
-    stats.model_s = sum(s.model_time for s in sessions)
-    stats.drafting_s = sum(rd.t_draft.t for rd in rows)
-    stats.bookkeeping_s = sum(rd.t_book.t for rd in rows)
-    stats.wall_s = time.perf_counter() - t0
-    gen = [s.generated()[0].tolist() for s in sessions]
-    return GenerationResult(
-        prompt_ids=[list(p) for p in prompts], token_ids=gen, text=[backend.decode(g) for g in gen],
-        nfe=stats.nfe, tokens_processed=sum(s.tokens_processed for s in sessions), block_steps=block_steps,
-        wall_s=stats.wall_s, model_s=stats.model_s, stats=stats, config={**cfg.to_dict(), "speculative": spec.to_dict()})
+    session = DecodeSession(backend, prompts, cfg)
+    step = StepRule.of(backend, cfg)
+    provider = GraphProvider(spec, backend, cfg, step.sampler)
+    stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget, exact=exact)
+    scorer = ModelScorer(session, spec, step, token_ranks_needed(provider))
+    check = MismatchCheck(scorer, step, stats) if not exact and spec.measure_mismatch else None
+    source = SpeculativeSource(scorer, provider, spec.pruner(), backend.mask_id, stats, session.B, check)
+    block_steps = decode_blocks(session, source, step, step.schedule(), on_block=on_block)
+    source.close()
+    res = finish(session, prompts, block_steps, t0, stats, {**cfg.to_dict(), "speculative": spec.to_dict()})
+    stats.nfe, stats.model_s, stats.wall_s = res.nfe, res.model_s, res.wall_s
+    stats.drafting_s, stats.bookkeeping_s = source.t_draft.t, source.t_book.t
+    return res

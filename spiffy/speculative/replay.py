@@ -1,23 +1,29 @@
-"""Baseline traces and what a draft graph can save on them.
+"""Baseline traces, and what Spiffy would do on them: the decode loop itself, run over a trace.
 
-:func:`trace_baseline` runs the baseline loop (the same steps, noise and helpers as
-``generate_baseline``) and records every block's states and the draft sources of the distributions
-it computed. :func:`replay_nfe` walks those traces with a graph exactly as the decoder would and
-returns the NFE the decoder must reach: the decoder realises every saving its graph allows, so the
-measured NFE equals this prediction (up to ties broken differently by float rounding in a batched
-forward). :func:`ceiling_nfe` is the bound for ANY graph of D nodes: every round accepts D drafts
-(or all the states left in the block).
+:func:`trace_baseline` runs the baseline and records, for every block, its states and the draft
+sources of the distributions it computed. :func:`replay_nfe` runs the one decode loop
+(:func:`spiffy.sampling.loop.decode_blocks`) with Spiffy's own source (proposer, acceptance walk and
+statistics of :mod:`.decoder`) over a trace instead of a model: the step reads the next recorded
+state, the scorer hands out recorded draft sources and counts the calls. The decoder realises every
+saving its graph allows, so its measured NFE equals this prediction (the tests check it).
+:func:`ceiling_nfe` is the bound for ANY graph of D nodes: every round accepts D drafts (or all the
+states left in the block).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
 
-from ..sampling.baseline import generate_baseline, sampler_of
+from ..sampling.baseline import generate_baseline
 from ..sampling.config import GenerationConfig
-from .walk import GraphProvider, plan_round, token_ranks_needed
+from ..sampling.loop import Canvas, decode_blocks, sampler_of
+from ..sampling.step import StepOutcome
 from .proposer import DraftSource
+from .stats import SpeculativeStats
+from .walk import GraphProvider, token_ranks_needed
 
 
 @dataclass
@@ -27,64 +33,103 @@ class BlockTrace:
     schedule: list      # tokens per step, or None (threshold)
 
 
+@dataclass
+class Trace:
+    """One prompt's baseline decode: its blocks, the config and the token ids the loop's tests read."""
+
+    blocks: list
+    cfg: GenerationConfig
+    mask_id: int
+    eos_id: Optional[int] = None
+    eot_id: Optional[int] = None
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def __len__(self):
+        return len(self.blocks)
+
+
 def trace_baseline(backend, prompt: list, cfg: GenerationConfig, k: int = 2):
     """Baseline decode of one prompt (``generate_baseline`` itself), recording every block's states and
-    draft sources (top-``k`` tokens). Returns (GenerationResult, [BlockTrace])."""
-    traces = []
+    draft sources (top-``k`` tokens). Returns (GenerationResult, Trace)."""
+    blocks = []
     sampler = sampler_of(backend, cfg)
 
     def record(b, t, schedule, logits, before, out):
         if t == 0:
-            traces.append(BlockTrace([tuple(before[0].tolist())], [], schedule))
-        tr = traces[-1]
+            blocks.append(BlockTrace([tuple(before[0].tolist())], [], schedule))
+        tr = blocks[-1]
         tr.sources.append(DraftSource.from_logits(logits[0], k, cfg, sampler, backend.eos_id, backend.mask_id))
         tr.states.append(tuple(out.tokens[0].tolist()))
 
-    return generate_baseline(backend, [prompt], cfg, observer=record), traces
+    res = generate_baseline(backend, [prompt], cfg, observer=record)
+    return res, Trace(blocks, cfg, backend.mask_id, backend.eos_id, backend.eot_id)
 
 
-def replay_nfe(traces, provider: GraphProvider, mask_id: int, pruner=None, cfg_doubled: bool = False) -> dict:
-    """Walk the traces with the provider's graphs as the decoder does. Returns predicted nfe, rounds and
-    accepted drafts."""
-    calls = rounds = accepted = 0
-    for tr in traces:
-        calls += 1
-        rnd = None
-        T = len(tr.states) - 1
-        for t in range(T):
-            if t + 1 == T:
-                break
-            cur, new = tr.states[t], tr.states[t + 1]
-            if new == cur:
-                continue
-            if rnd is not None and rnd.advance(new) is not None:
-                accepted += 1
-                continue
-            upcoming = None if tr.schedule is None else [c for c in tr.schedule[t + 1:] if c > 0]
-            graph = provider.graph_for(upcoming)
-            rnd = plan_round(graph, new, tr.sources[t], mask_id, upcoming, pruner)
-            calls += 1
-            rounds += 1
-    mult = 2 if cfg_doubled else 1
-    return {"nfe": calls * mult, "rounds": rounds, "accepted": accepted}
+class TraceScorer:
+    """The scorer of a replay: recorded draft sources instead of distributions; counts the calls."""
+
+    def __init__(self, trace: Trace):
+        self.trace, self.calls = trace, 0
+
+    def first(self, b: int) -> list:
+        self.calls += 1
+        return [None]
+
+    def draft_source(self, row: int, dist, b: int, t: int) -> DraftSource:
+        return self.trace.blocks[b].sources[t]     # every state on the path is the recorded one
+
+    def score(self, b: int, requests: list) -> list:
+        self.calls += 1
+        return [[None] * len(states) for _, states in requests]
 
 
-def ceiling_nfe(traces, budget: int, cfg_doubled: bool = False) -> int:
-    """Fewest calls any graph of ``budget`` nodes could need on these traces (oracle drafts)."""
+def trace_step(trace: Trace):
+    """The replay's step: the state the baseline recorded."""
+    def step(dist, block, b, t, n_commit):
+        return StepOutcome(torch.tensor([trace.blocks[b].states[t + 1]]), None, None, None)
+    return step
+
+
+def replay_trace(trace: Trace, provider: GraphProvider, pruner=None, stats: Optional[SpeculativeStats] = None) -> int:
+    """Run the decode loop with Spiffy's source over one trace; returns the model calls (NFE)."""
+    from .decoder import SpeculativeSource
+
+    cfg = trace.cfg
+    x = torch.tensor([list(trace.blocks[0].states[0]) * cfg.num_blocks])
+    canvas = Canvas(x, 0, cfg, trace.mask_id, trace.eos_id, trace.eot_id)
+    scorer = TraceScorer(trace)
+    source = SpeculativeSource(scorer, provider, pruner, trace.mask_id, stats or SpeculativeStats(), 1)
+    steps = decode_blocks(canvas, source, trace_step(trace), trace.blocks[0].schedule)
+    source.close()
+    if steps != [len(bt.states) - 1 for bt in trace.blocks]:
+        raise ValueError("the replay did not follow the trace (a trace of another config?)")
+    return scorer.calls * (2 if cfg.cfg_scale > 0 else 1)
+
+
+def replay_nfe(traces, provider: GraphProvider, pruner=None) -> dict:
+    """Replay every trace with the provider's graphs. Returns predicted nfe, rounds and accepted drafts."""
+    stats = SpeculativeStats()
+    nfe = sum(replay_trace(tr, provider, pruner, stats) for tr in traces)
+    return {"nfe": nfe, "rounds": stats.rounds, "accepted": stats.accepted}
+
+
+def ceiling_nfe(trace: Trace, budget: int) -> int:
+    """Fewest calls any graph of ``budget`` nodes could need on a trace (oracle drafts)."""
     calls = 0
-    for tr in traces:
-        T = len(tr.states) - 1
-        need = sum(1 for t in range(1, T) if tr.states[t] != tr.states[t - 1])
+    for bt in trace.blocks:
+        T = len(bt.states) - 1
+        need = sum(1 for t in range(1, T) if bt.states[t] != bt.states[t - 1])
         calls += 1 + math.ceil(need / (budget + 1))
-    return calls * (2 if cfg_doubled else 1)
+    return calls * (2 if trace.cfg.cfg_scale > 0 else 1)
 
 
-def baseline_nfe(traces, cfg_doubled: bool = False) -> int:
-    return sum(len(tr.states) - 1 for tr in traces) * (2 if cfg_doubled else 1)
+def baseline_nfe(trace: Trace) -> int:
+    return sum(len(bt.states) - 1 for bt in trace.blocks) * (2 if trace.cfg.cfg_scale > 0 else 1)
 
 
 def provider_for(backend, cfg, spec):
     """The graph provider and draft-source depth the decoder would use for ``spec``."""
-    sampler = sampler_of(backend, cfg)
-    provider = GraphProvider(spec, backend, cfg, sampler)
+    provider = GraphProvider(spec, backend, cfg, sampler_of(backend, cfg))
     return provider, token_ranks_needed(provider)

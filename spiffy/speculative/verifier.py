@@ -16,11 +16,7 @@ forward of that state (measure it with ``SpeculativeConfig(measure_mismatch=True
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-
-from ..backends.core import ContextKV
 
 VERIFY_MODES = ("batch", "packed")
 
@@ -29,23 +25,11 @@ def packed_is_exact(cache: str) -> bool:
     return cache == "dual"
 
 
-def repeat_context(ctx: ContextKV, n: int, cfg_doubled: bool) -> ContextKV:
-    """n copies of each row of the context (CFG: [cond] * n + [uncond] * n, matching ``session.rows``)."""
-    if not cfg_doubled:
-        return ctx.repeat(n)
-    idx = torch.tensor([0] * n + [1] * n, device=ctx.valid.device)
-    return dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx)) for k, v in ctx.layers],
-                               valid=ctx.valid.index_select(0, idx))
-
-
-def _rows(states: torch.Tensor, mask_id: int, masked_only: bool):
-    """Block positions whose logits are computed: all, or only those masked in the real state (a
-    step never reads the logits of committed positions, and drafts only fill masked ones)."""
-    n = states.shape[1]
-    if not masked_only:
-        return None
-    sel = (states[0] == mask_id).nonzero().squeeze(-1)
-    return None if sel.numel() == n else sel
+def _masked_rows(real: torch.Tensor, mask_id: int):
+    """Block positions whose logits are computed: those masked in any real state ``real`` [R, n] (a step
+    never reads the logits of committed positions, and drafts only fill masked ones); None = all."""
+    sel = (real == mask_id).any(0).nonzero().squeeze(-1)
+    return None if sel.numel() == real.shape[1] else sel
 
 
 def _scatter(logits: torch.Tensor, sel, n: int) -> torch.Tensor:
@@ -56,89 +40,91 @@ def _scatter(logits: torch.Tensor, sel, n: int) -> torch.Tensor:
     return out
 
 
-def verify_batch(session, b: int, states: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
-    """Logits [N, n, V] for the N block states ``states`` [N, n] (row 0: the real current state) of a
-    single-row session, all as batch copies in one forward. ``masked_only``: compute logits only at
-    positions masked in the real state (others are left zero)."""
-    N = states.shape[0]
-    s, e = session.span(b)
-    if session.cfg.cache == "none":
-        qs, qe, ctx = 0, session.L, None
-    else:
-        qs, qe = session.query_range(b)
-        ctx = repeat_context(session.context, N, session.use_cfg)
-    ids = session.x[:, qs:qe].expand(N, -1).clone()
-    ids[:, s - qs:e - qs] = states
-    ids = session.rows(ids, qs, qe, True)
-    pos = session.rows(session.pos[:, qs:qe].expand(N, -1), qs, qe, False)
-    valid = session.rows(session.key_valid[:, qs:qe].expand(N, -1), qs, qe, False)
-    sel = _rows(states, session.backend.mask_id, masked_only)
-    rows = session.target_rows(b, qs)
-    out = session.call(ids, pos, valid, context=ctx, logits_index=rows if sel is None else rows[sel])
-    return _scatter(session.combine(out.logits), sel, states.shape[1])
+def verify_batch(session, b: int, row_of: torch.Tensor, states: torch.Tensor, sel=None,
+                 counted: bool = True) -> torch.Tensor:
+    """Logits [N, n, V] for block states ``states`` [N, n] of rows ``row_of`` [N], as batch copies in one
+    forward; ``sel``: compute logits only at these block positions (others are left zero)."""
+    rows = session.target_rows(b, session.query_range(b)[0])
+    out = session.states_forward(b, row_of, states, rows if sel is None else rows[sel], counted)
+    return _scatter(out.logits, sel, states.shape[1])
 
 
-def packed_inputs(session, b: int, states: torch.Tensor, sel=None):
-    """ids, positions, key validity, prompt mask [1, Lt], the 4-D mask [1, 1, Lt, Lc + Lt] and the
-    logits rows [N * n] of the packed sequence."""
-    N, n = states.shape
-    m = N - 1
+def packed_layout(session, b: int, m: int, sel=None):
+    """The geometry of a packed sequence with ``m`` draft segments: the 4-D mask [1, 1, Lt, Lc + Lt] and
+    the logits rows [(m + 1) * len(sel)]."""
     s, e = session.span(b)
     sh = session.shift
-    if session.cfg.cache == "none":
-        qs, qe = 0, session.L
-    else:
-        qs, qe = session.query_range(b)
+    qs, qe = session.query_range(b)
     dev = session.x.device
-    q_ids = session.x[:, qs:qe].clone()
-    q_ids[:, s - qs:e - qs] = states[:1]
     rs, r = s - sh, e - (s - sh)                       # replaced region: the block (+ the shift position)
-    seg = session.x[:, rs:e].expand(m, -1).clone()
-    seg[:, sh:] = states[1:]
-    ids = torch.cat([q_ids, seg.reshape(1, -1)], dim=1)
-    pos = torch.cat([session.pos[:, qs:qe], session.pos[:, rs:e].repeat(1, m)], dim=1)
-    valid = torch.cat([session.key_valid[:, qs:qe], session.key_valid[:, rs:e].repeat(1, m)], dim=1)
-    pmask = torch.cat([session.prompt_mask[:, qs:qe], session.prompt_mask[:, rs:e].repeat(1, m)], dim=1)
     Lq = qe - qs
     Lt = Lq + m * r
     mask = torch.zeros(Lt, Lt, dtype=torch.bool, device=dev)
     mask[:Lq, :Lq] = True
     outside = torch.ones(Lq, dtype=torch.bool, device=dev)
     outside[rs - qs:e - qs] = False
-    within = torch.arange(n, device=dev) if sel is None else sel
+    within = torch.arange(e - s, device=dev) if sel is None else sel
     rows = [session.target_rows(b, qs)[within]]
     for i in range(m):
         a = Lq + i * r
         mask[a:a + r, :Lq] = outside
         mask[a:a + r, a:a + r] = True
         rows.append(a + within)
-    if session.context is not None and session.cfg.cache != "none":
-        Lc = session.context.length
-        mask = torch.cat([torch.ones(Lt, Lc, dtype=torch.bool, device=dev), mask], dim=1)
-    return ids, pos, valid, pmask, mask[None, None], torch.cat(rows)
+    if session.cfg.cache != "none":
+        mask = torch.cat([torch.ones(Lt, session.context.length, dtype=torch.bool, device=dev), mask], dim=1)
+    return mask[None, None], torch.cat(rows)
 
 
-def verify_packed(session, b: int, states: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
-    """Logits [N, n, V] for ``states`` [N, n] (row 0: the real current state) from ONE packed sequence.
-    Exact under the dual cache; near-lossless under cache none/prefix (see the module docstring)."""
-    N, n = states.shape
-    sel = _rows(states, session.backend.mask_id, masked_only)
-    ids, pos, valid, pmask, mask, rows = packed_inputs(session, b, states, sel)
-    ctx = None if session.cfg.cache == "none" else session.context
-    if session.use_cfg:
-        un = torch.where(pmask, torch.full_like(ids, session.backend.mask_id), ids)
-        ids = torch.cat([ids, un])
-        pos = torch.cat([pos, pos])
-        valid = torch.cat([valid, valid])
-    out = session.call(ids, pos, valid, context=ctx, attention_mask=mask, logits_index=rows)
-    logits = session.combine(out.logits)               # [1, N * rows, V]
-    return _scatter(logits.reshape(N, -1, logits.shape[-1]), sel, n)
+def packed_row(session, b: int, row: int, states: torch.Tensor):
+    """ids, positions, key validity and prompt mask [1, Lt] of row ``row``'s packed sequence: its query
+    with the real state ``states[0]``, then one segment per draft ``states[1:]``."""
+    m = states.shape[0] - 1
+    s, e = session.span(b)
+    qs, qe = session.query_range(b)
+    rs = s - session.shift
+    x = session.x[row:row + 1]
+    q_ids = x[:, qs:qe].clone()
+    q_ids[:, s - qs:e - qs] = states[:1]
+    seg = x[:, rs:e].expand(m, -1).clone()
+    seg[:, session.shift:] = states[1:]
+
+    def cat(t):
+        return torch.cat([t[row:row + 1, qs:qe], t[row:row + 1, rs:e].repeat(1, m)], dim=1)
+
+    return torch.cat([q_ids, seg.reshape(1, -1)], dim=1), cat(session.pos), cat(session.key_valid), cat(session.prompt_mask)
 
 
-def verify(session, b: int, states: torch.Tensor, mode: str, masked_only: bool = True) -> torch.Tensor:
-    """Logits of every state; by default only at positions still masked in the real state."""
-    if mode == "batch" or states.shape[0] == 1:
-        return verify_batch(session, b, states, masked_only)
+def verify_packed(session, b: int, requests: list, sel=None, counted: bool = True) -> list:
+    """Per request (row, states [N, n], row 0 the real state): logits [N, n, V] from ONE packed sequence
+    per row, the rows' sequences batched in one forward (shorter requests padded with copies of their
+    real state, whose outputs are dropped; a segment sees only itself and the query outside its block,
+    so padding changes no other row). Exact under the dual cache; near-lossless under cache
+    none/prefix (see the module docstring)."""
+    N = max(st.shape[0] for _, st in requests)
+    n = requests[0][1].shape[1]
+    parts = []
+    for row, st in requests:
+        pad = st[:1].expand(N - st.shape[0], -1)
+        parts.append(packed_row(session, b, row, torch.cat([st, pad])))
+    ids, pos, valid, pmask = (torch.cat(t) for t in zip(*parts))
+    mask, rows = packed_layout(session, b, N - 1, sel)
+    row_of = torch.tensor([row for row, _ in requests], device=session.x.device)
+    ctx = None if session.cfg.cache == "none" else session.context_rows(row_of)
+    out = session.forward(ids, pos, valid, pmask, ctx, attention_mask=mask, logits_index=rows, counted=counted)
+    logits = out.logits.reshape(len(requests), N, -1, out.logits.shape[-1])
+    return [_scatter(logits[j, :st.shape[0]], sel, n) for j, (_, st) in enumerate(requests)]
+
+
+def verify(session, b: int, requests: list, mode: str, masked_only: bool = True, counted: bool = True) -> list:
+    """One forward for every request (row, states [N_j, n]; row 0 of each the row's real current state):
+    per request, logits [N_j, n, V]; by default only at positions still masked in some real state."""
+    real = torch.stack([st[0] for _, st in requests])
+    sel = _masked_rows(real, session.mask_id) if masked_only else None
+    if mode == "batch" or all(st.shape[0] == 1 for _, st in requests):
+        dev = session.x.device
+        row_of = torch.cat([torch.full((st.shape[0],), row, dtype=torch.long, device=dev) for row, st in requests])
+        logits = verify_batch(session, b, row_of, torch.cat([st for _, st in requests]), sel, counted)
+        return list(logits.split([st.shape[0] for _, st in requests]))
     if mode == "packed":
-        return verify_packed(session, b, states, masked_only)
+        return verify_packed(session, b, requests, sel, counted)
     raise ValueError(f"verify mode must be one of {VERIFY_MODES}, got {mode!r}")
