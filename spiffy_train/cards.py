@@ -151,10 +151,10 @@ def render(model_dir, notes: str = "") -> str:
         L += ["## Speculatability", "",
               f"`python -m spiffy_train.speculatability models/{name} --cache {sp.get('cache', 'none')}` on the "
               f"{sp['dataset']} (gen_length {sp['gen_length']}, block_length {sp['block_length']}, greedy, "
-              f"1 token/step, KV-cache mode `{sp.get('cache', 'none')}`): the draft k steps ahead is the current "
-              "state plus the current top-(k+1) masked positions of the block (by top-1 probability) with their "
-              "top-1 tokens; a round (one call) advances 1 + the number of consecutive depths whose draft equals "
-              "the true trajectory; each block start costs one extra call.", "",
+              f"1 token/step, KV-cache mode `{sp.get('cache', 'none')}`): Spiffy's decode loop replayed over the "
+              "greedy traces with the top-1 chain graph of each depth (the draft d steps ahead fills the d most "
+              "confident masked positions with their top-1 tokens); the ratio is baseline calls over the calls "
+              "of that replay, which is the NFE the decoder measures with that graph.", "",
               f"Mean top-1 probability of the committed token per step: **{sp['mean_top1_prob_committed']}**; "
               f"steps committing EOS: {100 * sp['fraction_steps_committing_eos']:.1f}%.", "",
               "| depth | " + " | ".join(sp["ratio_by_depth"].keys()) + " |",

@@ -1,17 +1,12 @@
-"""How much a chain of top-1 drafts could save on a dLLM's greedy 1-token/step trajectory.
+"""How much a chain of top-1 drafts saves on a dLLM's greedy 1-token/step trajectory.
 
-Replays ``spiffy.generate(backend, prompt, gen_length=256, block_length=32)`` (greedy, one token per
-step; no cache by default, ``--cache dual`` when CPU time is short) with the project's own ``DecodeSession`` + ``denoise_step`` (as the baseline sampler
-does) and records, at every step, the masked positions ranked by top-1 probability with their top-1
-tokens. Offline, for draft depth D:
-
-* the draft k steps ahead (k = 1..D) is the current state plus the current top-(k+1) positions with
-  their top-1 tokens; it is correct when it equals the true state k+1 steps later;
-* a round costs one model call and advances 1 + (number of consecutive depths 1..k that match) steps
-  (capped at the block's end); every block start costs one extra call;
-* the ratio is baseline calls (one per step) / those calls.
-
-Also reports the mean top-1 probability of the committed token per step.
+Traces ``spiffy.generate(backend, prompt, gen_length=256, block_length=32)`` (greedy, one token per
+step; no cache by default, ``--cache dual`` when CPU time is short) with the library's
+``trace_baseline``, then, for each depth D, runs Spiffy's own decode loop over the traces
+(``spiffy.speculative.replay``) with the top-1 chain graph of depth D: the draft d steps ahead fills
+the d most confident masked positions with their top-1 tokens. The ratio is baseline calls / the calls
+that replay makes, which the decoder then measures exactly (tested). Also reports the mean
+probability of the committed token per step and how many steps commit EOS.
 
     python -m spiffy_train.speculatability models/spiffy-dllm-ref [--n 24] [--out FILE]
 """
@@ -27,51 +22,49 @@ import torch
 MAX_DEPTH = 10
 
 
-@torch.no_grad()
-def trace(backend, prompt_ids: list[int], gen_length: int = 256, block_length: int = 32, keep: int = MAX_DEPTH + 1,
-          cache: str = "none"):
-    """Greedy 1-token/step decode; returns (generated ids, per-block list of steps). A step is
-    (committed position, committed token, its probability, ranked [(pos, tok)] top ``keep``)."""
-    from spiffy.sampling.baseline import generate_baseline
+def chain_graph(depth: int):
+    """The top-1 chain of ``depth`` drafts: {0:0}, {0:0,1:0}, ... (one token per step)."""
+    from spiffy.speculative.graph import formula, make_graph
+
+    return make_graph([formula([(i, 0) for i in range(d)]) for d in range(1, depth + 1)], "fixed", [1] * depth)
+
+
+def trace(backend, prompt_ids: list[int], gen_length: int = 256, block_length: int = 32, cache: str = "none"):
+    """Greedy 1-token/step decode, traced (top-1 draft sources). Returns (generated ids, Trace)."""
     from spiffy.sampling.config import GenerationConfig
+    from spiffy.speculative.replay import trace_baseline
 
     cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, cache=cache)
-    blocks = []
-
-    def on_step(b, t, schedule, logits, before, out):
-        if t == 0:
-            blocks.append([])
-        conf = out.confidence[0]
-        k = min(keep, int((conf > float("-inf")).sum()))
-        top = torch.topk(conf, k).indices.tolist()
-        ranked = [(p, int(out.x0[0, p])) for p in top]
-        pos = int(out.committed[0].nonzero()[0, 0])
-        blocks[-1].append((pos, int(out.x0[0, pos]), float(conf[pos]), ranked))
-
-    res = generate_baseline(backend, [list(prompt_ids)], cfg, observer=on_step)
-    return res.token_ids[0], blocks
+    res, tr = trace_baseline(backend, list(prompt_ids), cfg, k=1)
+    return res.token_ids[0], tr
 
 
-def calls_for_depth(blocks, depth: int) -> int:
-    calls = 0
-    for steps in blocks:
-        n = len(steps)
-        calls += 1  # block start
-        t = 0
-        while t < n:
-            ranked = steps[t][3]
-            adv = 1
-            for k in range(1, depth + 1):
-                if t + k >= n or k + 1 > len(ranked):
-                    break
-                draft = {tuple(x) for x in ranked[:k + 1]}
-                truth = {(steps[j][0], steps[j][1]) for j in range(t, t + k + 1)}
-                if draft != truth:
-                    break
-                adv += 1
-            calls += 1
-            t += adv
-    return calls
+def trace_to_json(tr) -> dict:
+    return {"cfg": tr.cfg.to_dict(), "ids": [tr.mask_id, tr.eos_id, tr.eot_id],
+            "blocks": [{"states": [list(s) for s in bt.states], "schedule": bt.schedule,
+                        "sources": [[s.top1.tolist(), s.tokens.tolist(), s.probs.tolist()] for s in bt.sources]}
+                       for bt in tr.blocks]}
+
+
+def trace_from_json(d: dict):
+    from spiffy.sampling.config import GenerationConfig
+    from spiffy.speculative.proposer import DraftSource
+    from spiffy.speculative.replay import BlockTrace, Trace
+
+    blocks = [BlockTrace([tuple(s) for s in b["states"]],
+                         [DraftSource(torch.tensor(a, dtype=torch.float64), torch.tensor(t), torch.tensor(p, dtype=torch.float64))
+                          for a, t, p in b["sources"]], b["schedule"]) for b in d["blocks"]]
+    return Trace(blocks, GenerationConfig(**d["cfg"]), *d["ids"])
+
+
+def calls_for_depth(traces: list, depth: int) -> int:
+    """Spiffy's calls on ``traces`` with the top-1 chain of ``depth`` drafts (the decode loop over them)."""
+    from spiffy.speculative.config import SpeculativeConfig
+    from spiffy.speculative.replay import replay_nfe
+    from spiffy.speculative.walk import GraphProvider
+
+    spec = SpeculativeConfig(graph=chain_graph(depth), use_calibration=False)
+    return replay_nfe(traces, GraphProvider(spec, None, traces[0].cfg, "llada"))["nfe"]
 
 
 def record(backend, prompts: list[str], log=print, cache: str = "none") -> list[dict]:
@@ -79,24 +72,32 @@ def record(backend, prompts: list[str], log=print, cache: str = "none") -> list[
     traces = []
     for i, p in enumerate(prompts):
         ids = backend.encode_prompt(p, chat=True)
-        gen, blocks = trace(backend, ids, cache=cache)
-        traces.append({"prompt": p, "generated_ids": gen, "text": backend.decode(gen), "blocks": blocks})
+        gen, tr = trace(backend, ids, cache=cache)
+        traces.append({"prompt": p, "generated_ids": gen, "text": backend.decode(gen), "trace": trace_to_json(tr)})
         log(f"trace {i + 1}/{len(prompts)} {time.time() - t0:.0f}s")
     return traces
 
 
-def summarise(traces: list[dict], eos_id: int, cache: str, max_depth: int = MAX_DEPTH) -> dict:
-    probs = [st[2] for t in traces for bl in t["blocks"] for st in bl]
-    total_steps = len(probs)
+def summarise(records: list[dict], eos_id: int, cache: str, max_depth: int = MAX_DEPTH) -> dict:
+    traces = [trace_from_json(r["trace"]) for r in records]
+    probs, eos_steps = [], 0
+    for tr in traces:
+        for bt in tr.blocks:
+            for t, src in enumerate(bt.sources):
+                for pos, (a, b) in enumerate(zip(bt.states[t], bt.states[t + 1])):
+                    if a != b:
+                        probs.append(float(src.probs[pos, 0]) if int(src.tokens[pos, 0]) == b else float("nan"))
+                        eos_steps += b == eos_id
+    total_steps = sum(len(bt.states) - 1 for tr in traces for bt in tr.blocks)
     table = {}
     for d in range(1, max_depth + 1):
-        calls = sum(calls_for_depth(t["blocks"], d) for t in traces)
+        calls = calls_for_depth(traces, d)
         table[str(d)] = {"baseline_calls": total_steps, "spiffy_calls": calls, "ratio": round(total_steps / calls, 3)}
-    eos_steps = sum(st[1] == eos_id for t in traces for bl in t["blocks"] for st in bl)
+    known = [p for p in probs if p == p]
     return {"n_prompts": len(traces), "gen_length": 256, "block_length": 32, "cache": cache, "steps": total_steps,
-            "mean_top1_prob_committed": round(sum(probs) / len(probs), 4),
+            "mean_top1_prob_committed": round(sum(known) / len(known), 4),
             "fraction_steps_committing_eos": round(eos_steps / total_steps, 4),
-            "ratio_by_depth": table, "outputs": [t["text"] for t in traces]}
+            "ratio_by_depth": table, "outputs": [r["text"] for r in records]}
 
 
 def report(backend, prompts: list[str], max_depth: int = MAX_DEPTH, log=print, cache: str = "none") -> dict:

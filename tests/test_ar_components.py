@@ -64,6 +64,27 @@ def test_drafter_masks_ids_the_target_lacks():
     assert torch.allclose(dr.q.sum(-1), torch.ones(12, dtype=torch.float64))
 
 
+def test_drafter_steps_with_the_engine_rule_and_keyed_noise():
+    """A sampled one-step dLLM draft is the engine's own step (denoise_step, LLaDA rule, left to right)
+    on the drafter's logits with the noise of key (seed, prefix length, 0); the seed matters."""
+    from spiffy.sampling.config import GenerationConfig
+    from spiffy.sampling.noise import step_generator
+    from spiffy.sampling.step import denoise_step
+
+    be = spiffy.tiny_backend("llada", dtype=torch.float64)
+    d = DLLMDrafter(be, be.vocab_size, temperature=1.0, cache="none")
+    prefix, g = [1, 2, 3, 4], 6
+    x = torch.tensor([prefix + [be.mask_id] * g])
+    logits = be.forward(x).logits[:, len(prefix):]
+    logits = logits.masked_fill(~d.allowed, float("-inf"))
+    rule = GenerationConfig(gen_length=1, block_length=1, temperature=1.0, remasking="left_to_right")
+    for seed in (0, 1):
+        want = denoise_step(logits, x[:, len(prefix):], be.mask_id, rule, "llada", [g],
+                            step_generator(seed, len(prefix), 0, be.device)).tokens[0].tolist()
+        assert d.draft(prefix, g, seed=seed, sample=True).tokens == want
+    assert {tuple(d.draft(prefix, g, seed=s, sample=True).tokens) for s in range(6)} != {tuple(want)}
+
+
 def test_ngram_is_a_distribution_and_uses_context():
     seqs = [[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 4]] * 3
     ng = NGramModel.from_sequences(seqs, 6, n=3)

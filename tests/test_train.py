@@ -147,16 +147,24 @@ def test_causal_lm_loss_answer_only():
     assert torch.allclose(loss, ref, atol=1e-5)
 
 
-def test_speculatability_call_count():
-    from spiffy_train.speculatability import calls_for_depth
+def test_speculatability_is_what_the_decoder_measures():
+    """The speculatability table (a replay of greedy traces with top-1 chains) predicts exactly the
+    NFE that Spiffy measures with the same chain graph, and the traces survive their JSON form."""
+    from spiffy.backends.tiny import tiny_backend
+    from spiffy.sampling.config import GenerationConfig
+    from spiffy.speculative import SpeculativeConfig, generate_speculative
+    from spiffy_train.speculatability import calls_for_depth, chain_graph, trace, trace_from_json, trace_to_json
 
-    order = [(0, 5), (1, 6), (2, 7), (3, 8)]
-    right = [(p, t, 0.9, order[i:]) for i, (p, t) in enumerate(order)]
-    # baseline: 4 calls; drafts always right: depth 1 -> 2 rounds, depth >= 3 -> 1 round (+1 block start)
-    assert [calls_for_depth([right], d) for d in (1, 2, 3, 4)] == [3, 3, 2, 2]
-    wrong = [(p, t, 0.9, list(reversed(order[i:]))) for i, (p, t) in enumerate(order)]
-    # reversed ranking: only the last two steps' draft matches (as a set): 1 + 1 + 1 + 1 calls
-    assert calls_for_depth([wrong], 8) == 4
+    be = tiny_backend("llada", seed=0, dtype=torch.float64)
+    cfg = GenerationConfig(gen_length=16, block_length=8)
+    for prompt in ([5, 6, 7], [9, 3, 2, 8]):
+        gen, tr = trace(be, prompt, gen_length=16, block_length=8)
+        back = trace_from_json(json.loads(json.dumps(trace_to_json(tr))))
+        for depth in (1, 3):
+            res = generate_speculative(be, [prompt], cfg, SpeculativeConfig(graph=chain_graph(depth)))
+            assert res.token_ids[0] == gen
+            assert calls_for_depth([tr], depth) == calls_for_depth([back], depth) == res.nfe
+        assert calls_for_depth([tr], 1) < 16
 
 
 def test_resume_runs_the_remaining_stages_and_carries_the_earlier_records(tmp_path):

@@ -5,11 +5,11 @@ prefix with the committed text and the missing tokens are fed in one forward.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
 from ..errors import ConfigError
+from ..sampling.noise import step_generator
 from .drafter import Draft
 from .target import ARTarget
 
@@ -44,7 +44,9 @@ class ARDrafter:
         return torch.softmax(lg / t, dim=-1)
 
     @torch.no_grad()
-    def draft(self, prefix, gamma: int, generator: Optional[torch.Generator] = None, sample: bool = False) -> Draft:
+    def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
+        """Draft ``gamma`` tokens one target-style step at a time; sampled draws use noise keyed by
+        (seed, prefix length), on the model's device."""
         if gamma < 1:
             raise ConfigError(f"draft length must be >= 1 (got {gamma})")
         if self.state is None:
@@ -60,6 +62,7 @@ class ARDrafter:
         c0, s0 = self.model.calls, self.model.seconds
         logits = st.extend(prefix[common:])[-1]
         toks, qs, conf = [], [], []
+        generator = step_generator(seed, len(prefix), 0, logits.device) if sample else None
         for i in range(gamma):
             p = self._dist(logits, sample)
             t = int(torch.multinomial(p, 1, generator=generator)[0]) if sample else int(p.argmax())

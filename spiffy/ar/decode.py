@@ -110,12 +110,12 @@ def _runner_up(q_row: torch.Tensor, taken: int) -> Optional[int]:
 class _Proposer:
     """Builds each round's draft (a chain, or a tree) for a dLLM or AR drafter."""
 
-    def __init__(self, drafter, cfg: ARDecodeConfig, stop: set, ngram, generator):
+    def __init__(self, drafter, cfg: ARDecodeConfig, stop: set, ngram):
         self.d = drafter
         self.cfg = cfg
         self.stop = stop
         self.ngram = ngram
-        self.g = generator
+        self.seed = int(cfg.seed)      # drafters key their noise by (seed, prefix length)
         self.sample = cfg.temperature > 0
         # drafts whose tokens are chosen deterministically are verified as point masses
         self.point_mass = cfg.path_search or cfg.tree > 0 or getattr(drafter, "deterministic", False)
@@ -124,12 +124,12 @@ class _Proposer:
         """(tokens, q or None, drafted length before the first stop token)."""
         cfg = self.cfg
         if cfg.path_search:
-            dr = self.d.draft(prefix, gamma, self.g, sample=False)
+            dr = self.d.draft(prefix, gamma, self.seed, sample=False)
             raw = dr.tokens
             toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop)) if raw else []
             conf = dr.q[torch.arange(len(toks)), torch.tensor(toks, dtype=torch.long)] if toks else dr.conf[:0]
             return toks, None, dr, conf, self._before_stop(raw)
-        dr = self.d.draft(prefix, gamma, self.g, sample=self.sample and not self.point_mass)
+        dr = self.d.draft(prefix, gamma, self.seed, sample=self.sample and not self.point_mass)
         toks = _cut_after_stop(dr.tokens, self.stop)
         q = None if (self.point_mass or not self.sample) else dr.q[: len(toks)]
         return toks, q, dr, dr.conf[: len(toks)], self._before_stop(dr.tokens)
@@ -160,7 +160,7 @@ class _Proposer:
             else:
                 rows.append((parent, alt, list(prefix) + toks[:i] + [alt], rest))
         if rows:
-            drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.g, sample=False)
+            drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.seed, sample=False)
             for (parent, alt, _, _), d in zip(rows, drafts):
                 tree.add_chain(parent, [alt] + d.tokens, self.stop)
         return tree, before, dr.key
@@ -198,7 +198,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     sample = cfg.temperature > 0
     ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,
                          gamma=min(max(cfg.draft_length, cfg.min_draft), cfg.max_draft)) if cfg.adaptive else None
-    prop = _Proposer(drafter, cfg, stop, ngram, g) if drafter is not None else None
+    prop = _Proposer(drafter, cfg, stop, ngram) if drafter is not None else None
     cost = cfg.gate if cfg.gate is not None else (CPU_VERIFY_COST if target.device.type == "cpu" else 0.0)
     gate = DraftGate(cost=cost) if cost > 1 else None
     if drafter is not None:

@@ -5,10 +5,11 @@ steps (default 1: every position at once from one forward). It returns the draft
 distribution each token was drawn from (``q``, over the target's vocabulary, what speculative
 sampling tests against) and a per-position confidence (used by draft trees).
 
-Which masks are committed at each step: greedy drafting uses the most confident positions first;
-sampled drafting always commits left to right, so that every token is drawn from a distribution that
-conditions only on the prefix and on tokens to its left — the condition under which speculative
-sampling against the recorded ``q`` is exact.
+Each denoising step is the engine's own (``spiffy.sampling.step.denoise_step`` with its noise keyed by
+(seed, prefix length, step)): greedy drafting commits the most confident positions first; sampled
+drafting commits left to right (``remasking="left_to_right"``), so that every token is drawn from a
+distribution that conditions only on the prefix and on tokens to its left — the condition under which
+speculative sampling against the recorded ``q`` is exact.
 
 Prefix cache (``cache="prefix"``, the default): the keys/values of the committed prefix are computed
 once (a forward over the prefix alone) and reused as a frozen context; each round then runs only the
@@ -25,6 +26,10 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
+from ..sampling.config import GenerationConfig
+from ..sampling.noise import step_generator
+from ..sampling.schedule import even_schedule
+from ..sampling.step import denoise_step
 from .vocab import allowed_ids, to_target_vocab
 
 
@@ -93,10 +98,19 @@ class DLLMDrafter:
                             logits_index=torch.zeros(1, 1, dtype=torch.long, device=dev))
         self.ctx = ContextKV([(k, v) for k, v in out.kv], torch.ones(1, keep, dtype=torch.bool, device=dev), pos)
         self.ctx_tokens = list(prefix[:keep])
+    def _rule(self, sample: bool) -> GenerationConfig:
+        """The engine's step rule for drafting: greedy drafts commit the most confident slots first;
+        sampled drafts commit left to right, so every token is drawn from a distribution that conditions
+        only on the prefix and on tokens to its left, the condition under which speculative sampling
+        against the recorded ``q`` is exact."""
+        return GenerationConfig(gen_length=1, block_length=1, temperature=self.temperature if sample else 0.0,
+                                remasking="left_to_right" if sample else "low_confidence")
+
     @torch.no_grad()
-    def draft_batch(self, prefixes: list, gammas: list, generator: Optional[torch.Generator] = None,
-                    sample: bool = False) -> list:
-        """Draft ``gammas[b]`` tokens after each ``prefixes[b]`` in one batched pass per denoising step."""
+    def draft_batch(self, prefixes: list, gammas: list, seed: int = 0, sample: bool = False) -> list:
+        """Draft ``gammas[b]`` tokens after each ``prefixes[b]`` in one batched pass per denoising step. Each
+        step is the engine's own (:func:`spiffy.sampling.step.denoise_step`, the LLaDA rule, LLaDA's even
+        split of the slots over the steps) with its noise keyed by (seed, len(prefixes[0]), step)."""
         if any(g < 1 for g in gammas):
             raise ConfigError(f"draft length must be >= 1 (got {min(gammas)})")
         if any(len(p) == 0 for p in prefixes):
@@ -117,71 +131,40 @@ class DLLMDrafter:
         x = torch.full((B, L), be.pad_id, dtype=torch.long, device=dev)
         valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
         pos = torch.zeros(B, G, dtype=torch.long, device=dev)       # query row of each draft slot
-        slot_ok = torch.zeros(B, G, dtype=torch.bool, device=dev)
+        block = torch.full((B, G), be.pad_id, dtype=torch.long, device=dev)   # slot states (pad: no slot)
         for b, (p, g) in enumerate(zip(prefixes, gammas)):
             tail = p[lc:]
             x[b, : len(tail)] = torch.tensor(tail, dtype=torch.long, device=dev)
             x[b, len(tail): len(tail) + g + E] = be.mask_id
             valid[b, : len(tail) + g + E] = True
             pos[b, :g] = torch.arange(len(tail), len(tail) + g, device=dev)
-            slot_ok[b, :g] = True
+            block[b, :g] = be.mask_id
         qpos = (lc + torch.arange(L, device=dev))[None].expand(B, -1)
         rows = (pos - be.logit_shift).clamp(min=0)
-        q = torch.zeros(B, G, self.target_vocab, dtype=torch.float32, device=dev)
-        conf = torch.zeros(B, G, dtype=torch.float32, device=dev)
-        tokens = torch.full((B, G), -1, dtype=torch.long, device=dev)
-        pending = slot_ok.clone()
-        left_to_right = sample
+        rule = self._rule(sample)
+        split = [even_schedule(g, self.steps) for g in gammas]
+        q = conf = None
         for s in range(self.steps):
             out = self._forward(x, position_ids=qpos, context=ctx, logits_index=rows, key_valid=valid)
-            logits = out.logits
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            logits = logits.masked_fill(~self.allowed, float("-inf"))
-            if sample and self.temperature > 0:
-                probs = torch.softmax(logits / self.temperature, dim=-1)
-            else:
-                probs = torch.softmax(logits, dim=-1)
-            if sample:
-                flat = probs.reshape(-1, probs.shape[-1])
-                choice = torch.multinomial(flat, 1, generator=generator).view(B, G)
-            else:
-                choice = probs.argmax(-1)
-            cprob = probs.gather(-1, choice[..., None])[..., 0]
-            if self.steps == 1:   # one step: every slot is committed from this forward
-                tokens, conf, q = choice, cprob, to_target_vocab(probs, self.target_vocab)
+            qdt = out.logits.dtype if out.logits.dtype in (torch.float32, torch.float64) else torch.float32
+            logits = out.logits.to(torch.float64).masked_fill(~self.allowed, float("-inf"))
+            st = denoise_step(logits, block, be.mask_id, rule, "llada", [c[s] for c in split],
+                              step_generator(seed, len(prefixes[0]), s, dev))
+            # q: the distribution each token was drawn from (Gumbel-max over logits / T is a draw from it)
+            probs = torch.softmax(logits / rule.temperature if rule.temperature > 0 else logits, dim=-1)
+            qs = to_target_vocab(probs, self.target_vocab)
+            c = st.committed
+            q = qs if q is None else torch.where(c[..., None], qs, q)
+            conf = st.confidence if conf is None else torch.where(c, st.confidence, conf)
+            block = st.tokens
+            x.scatter_(1, pos, torch.where(block == be.pad_id, x.gather(1, pos), block))
+            if not bool((block == be.mask_id).any()):
                 break
-            # how many slots each row commits this step
-            commit = torch.zeros(B, G, dtype=torch.bool, device=dev)
-            for b in range(B):
-                left = int(pending[b].sum())
-                if left == 0:
-                    continue
-                k = -(-left // (self.steps - s))  # ceil: the rest is spread evenly over the steps left
-                idx = pending[b].nonzero()[:, 0]
-                if left_to_right:
-                    sel = idx[:k]
-                else:
-                    sel = idx[cprob[b, idx].argsort(descending=True, stable=True)[:k]]
-                commit[b, sel] = True
-            if s == 0:
-                q, conf = q.to(probs.dtype), conf.to(probs.dtype)
-            tokens = torch.where(commit, choice, tokens)
-            conf = torch.where(commit, cprob, conf)
-            q = torch.where(commit[..., None], to_target_vocab(probs, self.target_vocab), q)
-            pending &= ~commit
-            for b in range(B):
-                sel = commit[b].nonzero()[:, 0]
-                x[b, pos[b, sel]] = choice[b, sel]
-            if not bool(pending.any()):
-                break
-        res = []
-        for b, g in enumerate(gammas):
-            res.append(Draft(tokens[b, :g].tolist(), q[b, :g], conf[b, :g]))
-        return res
+        q, conf = q.to(qdt), conf.to(qdt)
+        return [Draft(block[b, :g].tolist(), q[b, :g], conf[b, :g]) for b, g in enumerate(gammas)]
 
-    def draft(self, prefix, gamma: int, generator=None, sample: bool = False) -> Draft:
+    def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
         """Draft after the committed ``prefix`` (refreshing the prefix cache when it is on)."""
         if self.cache == "prefix":
             self._refresh(list(prefix))
-        return self.draft_batch([list(prefix)], [gamma], generator, sample)[0]
+        return self.draft_batch([list(prefix)], [gamma], seed, sample)[0]

@@ -66,7 +66,7 @@ class PromptLookupDrafter:
                         return out
         return out
 
-    def draft(self, prefix, gamma: int, generator=None, sample: bool = False) -> Draft:
+    def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
         t0 = time.perf_counter()
         cands = self.candidates(prefix, gamma)
         toks = cands[0][1] if cands else []

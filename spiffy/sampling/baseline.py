@@ -8,7 +8,7 @@ import torch
 
 from ..result import GenerationResult
 from .config import GenerationConfig
-from .loop import StepRule, decode_blocks, sampler_of  # noqa: F401  (sampler_of: re-exported)
+from .loop import StepRule, decode_blocks
 from .session import DecodeSession, _sync
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 from ..errors import ConfigError
 
 CACHE_MODES = ("none", "prefix", "dual")
-REMASKING = ("low_confidence", "random", "margin", "entropy")
+REMASKING = ("low_confidence", "random", "margin", "entropy", "left_to_right")
 SAMPLERS = ("llada", "dream")
 
 
@@ -24,7 +24,8 @@ class GenerationConfig:
     (categorical candidates with top-p/top-k, Dream's linear-time schedule); None picks the model
     family's own. ``remasking``: confidence used to order positions: low_confidence (probability of the
     candidate; Dream's maskgit_plus), random, margin (top1 − top2; Dream's topk_margin), entropy
-    (negative entropy; Dream's entropy).
+    (negative entropy; Dream's entropy), left_to_right (leftmost masked positions first: semi-autoregressive,
+    what the AR mode's sampled dLLM drafts use).
 
     Noise is drawn from a generator keyed by (seed, block, step), never from a shared stream.
     """

@@ -62,30 +62,40 @@ def _never_mask(scores, mask_id):
     return scores.index_fill(-1, torch.tensor([mask_id], device=scores.device), NEG_INF)
 
 
-def llada_candidates(logits, temperature, gen, mask_id):
+def candidate_logits(logits: torch.Tensor, cfg: GenerationConfig, sampler: str, eos_id=None) -> torch.Tensor:
+    """The float64 logits a sampler draws its candidates from: EOS suppressed under ``logits_eos_inf``;
+    for Dream, divided by the temperature (when sampling) and filtered by top-p then top-k. The one
+    place this preprocessing is written (Spiffy's draft sources read the same distribution)."""
+    l64 = logits.to(torch.float64)
+    if cfg.logits_eos_inf and eos_id is not None:
+        l64 = l64.clone()
+        l64[..., eos_id] = NEG_INF
+    if sampler == "dream":
+        if cfg.temperature > 0:
+            l64 = l64 / cfg.temperature
+        if cfg.top_p is not None and cfg.top_p < 1:
+            l64 = _filter_top_p(l64, cfg.top_p)
+        if cfg.top_k is not None:
+            l64 = _filter_top_k(l64, cfg.top_k)
+    return l64
+
+
+def llada_candidates(l64, temperature, gen, mask_id):
     """LLaDA: x0 = argmax(exp(l) / (-log u)^T) with l, u in float64 (T > 0); plain argmax at T = 0.
     Returns x0 and the float64 softmax probabilities."""
-    l64 = logits.to(torch.float64)
     if temperature > 0:
         u = shared_uniform(l64.shape, gen, l64.device)
         x0 = torch.argmax(_never_mask(l64.exp() / (-torch.log(u)) ** temperature, mask_id), dim=-1)
     else:
-        x0 = torch.argmax(_never_mask(logits, mask_id), dim=-1)
+        x0 = torch.argmax(_never_mask(l64, mask_id), dim=-1)
     return x0, torch.softmax(l64, dim=-1)
 
 
-def dream_candidates(logits, temperature, top_p, top_k, gen, mask_id):
-    """Dream: temperature scaling, top-p then top-k filtering, softmax, then a categorical draw (T > 0)
-    or the argmax (T = 0). Probabilities in float64."""
-    l64 = logits.to(torch.float64)
-    if temperature > 0:
-        l64 = l64 / temperature
-    if top_p is not None and top_p < 1:
-        l64 = _filter_top_p(l64, top_p)
-    if top_k is not None:
-        l64 = _filter_top_k(l64, top_k)
+def dream_candidates(l64, sample: bool, gen, mask_id):
+    """Dream: softmax of the (already tempered and filtered) logits, then a categorical draw (T > 0) or
+    the argmax (T = 0). Probabilities in float64."""
     probs = torch.softmax(l64, dim=-1)
-    if temperature > 0:
+    if sample:
         x0 = categorical(_never_mask(probs, mask_id).clamp(min=0), shared_uniform(probs.shape[:-1], gen, probs.device))
     else:
         x0 = _never_mask(probs, mask_id).argmax(-1)
@@ -102,6 +112,9 @@ def confidence_of(kind, x0, probs, gen):
         return top2[..., 0] - top2[..., 1]
     if kind == "entropy":
         return (probs * torch.log(probs + 1e-10)).sum(-1)
+    if kind == "left_to_right":
+        n = x0.shape[-1]
+        return (1.0 - torch.arange(n, dtype=torch.float64, device=x0.device) / n).expand(x0.shape)
     raise ValueError(kind)
 
 
@@ -140,13 +153,11 @@ def denoise_step(logits: torch.Tensor, block: torch.Tensor, mask_id: int, cfg: G
                  ) -> StepOutcome:
     """Apply the baseline's rule to ``logits`` [B, n, V] (the model's predictions for the block's n
     positions, after CFG) and the current ``block`` [B, n]."""
-    if cfg.logits_eos_inf and eos_id is not None:
-        logits = logits.clone()
-        logits[..., eos_id] = NEG_INF
+    l64 = candidate_logits(logits, cfg, sampler, eos_id)
     if sampler == "dream":
-        x0, probs = dream_candidates(logits, cfg.temperature, cfg.top_p, cfg.top_k, gen, mask_id)
+        x0, probs = dream_candidates(l64, cfg.temperature > 0, gen, mask_id)
     else:
-        x0, probs = llada_candidates(logits, cfg.temperature, gen, mask_id)
+        x0, probs = llada_candidates(l64, cfg.temperature, gen, mask_id)
     conf = confidence_of(cfg.remasking, x0, probs, gen)
     if cfg.confidence_eos_eot_inf:
         for t in (eos_id, eot_id):

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import networkx as nx
 import torch
 
+from ..sampling.step import candidate_logits
 from .graph import ROOT, is_fixed, usable_depth
 
 
@@ -41,15 +42,10 @@ class DraftSource:
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
                     mask_id=None) -> "DraftSource":
-        """``logits`` [n, V] (one row, after CFG). Probabilities follow the sampler's own view: float64
-        softmax, Dream's temperature when sampling, EOS suppressed when the config suppresses it; the
-        mask token is never ranked (the sampler never commits it)."""
-        l64 = logits.to(torch.float64)
-        if cfg is not None and cfg.logits_eos_inf and eos_id is not None:
-            l64 = l64.clone()
-            l64[..., eos_id] = float("-inf")
-        if cfg is not None and sampler == "dream" and cfg.temperature > 0:
-            l64 = l64 / cfg.temperature
+        """``logits`` [n, V] (one row, after CFG). Probabilities are the sampler's own
+        (:func:`spiffy.sampling.step.candidate_logits`: EOS suppression, Dream's temperature and
+        top-p/top-k); the mask token is never ranked (the sampler never commits it)."""
+        l64 = logits.to(torch.float64) if cfg is None else candidate_logits(logits, cfg, sampler, eos_id)
         probs = torch.softmax(l64, dim=-1)
         if mask_id is not None:
             probs = probs.index_fill(-1, torch.tensor([mask_id], device=probs.device), -1.0)
