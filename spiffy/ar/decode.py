@@ -12,7 +12,7 @@ distributed as the target's own sampling):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
@@ -107,6 +107,19 @@ def _runner_up(q_row: torch.Tensor, taken: int) -> Optional[int]:
     return None
 
 
+@dataclass
+class Proposal:
+    """One round's draft: a chain (``tokens``, with ``q`` when verified by speculative sampling) or a
+    ``tree``; ``before``: drafted length before a stop token (what adaptive γ observes); ``key``: the
+    drafter's trust key for the cost gate."""
+
+    tokens: list = field(default_factory=list)
+    q: Optional[torch.Tensor] = None
+    tree: Optional[DraftTree] = None
+    before: int = 0
+    key: object = None
+
+
 class _Proposer:
     """Builds each round's draft (a chain, or a tree) for a dLLM or AR drafter."""
 
@@ -120,19 +133,22 @@ class _Proposer:
         # drafts whose tokens are chosen deterministically are verified as point masses
         self.point_mass = cfg.path_search or cfg.tree > 0 or getattr(drafter, "deterministic", False)
 
+    def __call__(self, prefix, gamma) -> Proposal:
+        return self.tree(prefix, gamma) if self.cfg.tree else self.chain(prefix, gamma)[0]
+
     def chain(self, prefix, gamma):
-        """(tokens, q or None, drafted length before the first stop token)."""
+        """(Proposal, the drafter's Draft, confidence of the proposed tokens)."""
         cfg = self.cfg
         if cfg.path_search:
             dr = self.d.draft(prefix, gamma, self.seed, sample=False)
             raw = dr.tokens
             toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop)) if raw else []
             conf = dr.q[torch.arange(len(toks)), torch.tensor(toks, dtype=torch.long)] if toks else dr.conf[:0]
-            return toks, None, dr, conf, self._before_stop(raw)
+            return Proposal(toks, None, None, self._before_stop(raw), dr.key), dr, conf
         dr = self.d.draft(prefix, gamma, self.seed, sample=self.sample and not self.point_mass)
         toks = _cut_after_stop(dr.tokens, self.stop)
         q = None if (self.point_mass or not self.sample) else dr.q[: len(toks)]
-        return toks, q, dr, dr.conf[: len(toks)], self._before_stop(dr.tokens)
+        return Proposal(toks, q, None, self._before_stop(dr.tokens), dr.key), dr, dr.conf[: len(toks)]
 
     def _before_stop(self, toks) -> int:
         for i, t in enumerate(toks):
@@ -140,12 +156,12 @@ class _Proposer:
                 return i
         return len(toks)
 
-    def tree(self, prefix, gamma):
-        """(DraftTree, drafted length of the main chain before a stop token, gate key)."""
+    def tree(self, prefix, gamma) -> Proposal:
         if hasattr(self.d, "draft_tree"):   # a drafter that builds its own tree (prompt lookup's trie)
             tree, best, key = self.d.draft_tree(prefix, gamma, self.cfg.tree, self.stop)
-            return tree, self._before_stop(best), key
-        toks, _, dr, conf, before = self.chain(prefix, gamma)
+            return Proposal(tree=tree, before=self._before_stop(best), key=key)
+        main, dr, conf = self.chain(prefix, gamma)
+        toks = main.tokens
         tree = DraftTree()
         tree.add_chain(-1, toks, self.stop)
         rows = []
@@ -163,7 +179,40 @@ class _Proposer:
             drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.seed, sample=False)
             for (parent, alt, _, _), d in zip(rows, drafts):
                 tree.add_chain(parent, [alt] + d.tokens, self.stop)
-        return tree, before, dr.key
+        return Proposal(tree=tree, before=main.before, key=dr.key)
+
+
+def plain_round(state, pending: int, cfg: ARDecodeConfig, g) -> tuple:
+    """The target alone: one forward, one token. Returns (new tokens, accepted, drafted)."""
+    row = state.extend([pending])[-1]
+    nxt = int(torch.multinomial(target_probs(row, cfg.temperature), 1, generator=g)[0]) if cfg.temperature > 0 \
+        else int(row.argmax())
+    return [nxt], 0, 0
+
+
+def chain_round(state, pending: int, prop: Proposal, cfg: ARDecodeConfig, g) -> tuple:
+    """Verify a chain in one target forward; keep the accepted prefix of the target's cache."""
+    base, toks = state.length, prop.tokens
+    logits = state.extend([pending] + toks)
+    if cfg.temperature > 0:
+        n_acc, nxt = sample_chain(toks, prop.q, logits, cfg.temperature, g, cfg.accept_rule)
+    else:
+        n_acc, nxt = greedy_chain(toks, logits)
+    state.crop(base + 1 + n_acc)
+    return toks[:n_acc] + [nxt], n_acc, len(toks)
+
+
+def tree_round(state, pending: int, prop: Proposal, cfg: ARDecodeConfig, g) -> tuple:
+    """Verify a draft tree in one target forward (ancestor mask); keep the accepted path's cache."""
+    base, tree = state.length, prop.tree
+    parents = [-1] + [p + 1 if p >= 0 else 0 for p in tree.parents]
+    logits = state.extend_tree([pending] + tree.tokens, parents)
+    if cfg.temperature > 0:
+        path, nxt = sample_tree(tree.tokens, tree.parents, logits, cfg.temperature, g)
+    else:
+        path, nxt = greedy_tree(tree.tokens, tree.parents, logits)
+    state.keep(base, [0] + [1 + j for j in path])
+    return [tree.tokens[j] for j in path] + [nxt], len(path), len(tree)
 
 
 def _as_prompt_ids(target, prompt, chat: bool) -> list:
@@ -195,7 +244,6 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
 
         ngram = NGramModel.for_tokenizer(target.tokenizer, cfg.ngram)
     g = torch.Generator().manual_seed(int(cfg.seed))
-    sample = cfg.temperature > 0
     ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,
                          gamma=min(max(cfg.draft_length, cfg.min_draft), cfg.max_draft)) if cfg.adaptive else None
     prop = _Proposer(drafter, cfg, stop, ngram) if drafter is not None else None
@@ -216,53 +264,26 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     gated = 0
     done = False
     while not done:
-        remaining = cfg.max_new_tokens - len(out)
         gamma = ctl.gamma if ctl is not None else cfg.draft_length
-        gamma = min(gamma, remaining - 1)   # room for the target's own token
-        base = state.length
-        prefix = ids + out
-        proposal, key = None, None
-        if prop is not None and gamma >= 1:
-            proposal = prop.tree(prefix, gamma) if cfg.tree else prop.chain(prefix, gamma)
-            key = proposal[-1] if cfg.tree else proposal[2].key
-            if gate is not None and not gate.allow(key):
-                proposal = None   # not worth a wider forward: a plain round
-                gated += 1
+        gamma = min(gamma, cfg.max_new_tokens - len(out) - 1)   # room for the target's own token
+        proposal = prop(ids + out, gamma) if prop is not None and gamma >= 1 else None
+        if proposal is not None and gate is not None and not gate.allow(proposal.key):
+            proposal = None   # not worth a wider forward: a plain round
+            gated += 1
         if proposal is None:
-            logits = state.extend([pending])
-            row = logits[-1]
-            nxt = int(torch.multinomial(target_probs(row, cfg.temperature), 1, generator=g)[0]) if sample \
-                else int(row.argmax())
-            new, n_acc, n_draft, before = [nxt], 0, 0, 0
-        elif cfg.tree:
-            tree, before, _ = proposal
-            parents = [-1] + [p + 1 if p >= 0 else 0 for p in tree.parents]
-            logits = state.extend_tree([pending] + tree.tokens, parents)
-            if sample:
-                path, nxt = sample_tree(tree.tokens, tree.parents, logits, cfg.temperature, g)
-            else:
-                path, nxt = greedy_tree(tree.tokens, tree.parents, logits)
-            state.keep(base, [0] + [1 + j for j in path])
-            new = [tree.tokens[j] for j in path] + [nxt]
-            n_acc, n_draft = len(path), len(tree)
+            new, n_acc, n_draft = plain_round(state, pending, cfg, g)
+        elif proposal.tree is not None:
+            new, n_acc, n_draft = tree_round(state, pending, proposal, cfg, g)
         else:
-            toks, q, _, _, before = proposal
-            logits = state.extend([pending] + toks)
-            if sample:
-                n_acc, nxt = sample_chain(toks, q, logits, cfg.temperature, g, cfg.accept_rule)
-            else:
-                n_acc, nxt = greedy_chain(toks, logits)
-            state.crop(base + 1 + n_acc)
-            new = toks[:n_acc] + [nxt]
-            n_draft = len(toks)
+            new, n_acc, n_draft = chain_round(state, pending, proposal, cfg, g)
         if prop is not None:
             accepted.append(n_acc)
             drafted.append(n_draft)
             if proposal is not None:
                 if ctl is not None and (n_draft or not getattr(drafter, "deterministic", False)):
-                    ctl.observe(before, n_acc)   # a lookup that found nothing says nothing about γ
+                    ctl.observe(proposal.before, n_acc)   # a lookup that found nothing says nothing about γ
                 if gate is not None and n_draft:
-                    gate.observe(key, n_acc)
+                    gate.observe(proposal.key, n_acc)
         n0 = len(out)
         for t in new:
             out.append(int(t))

@@ -1,6 +1,7 @@
 """`spiffy bench`: measure decoders on real prompts.
 
 ``--mode spiffy`` (default): baseline vs Spiffy on the same prompts (:mod:`spiffy.bench.dllm`).
+``--mode batch``: Spiffy on batches of prompts vs the same prompts one at a time (:mod:`spiffy.bench.batch`).
 ``--mode ar``: the dLLM-drafter / AR-target benchmark, implemented in ``spiffy.bench.ar.run_ar_bench``
 (imported only in that mode). Its own options go in :data:`AR_OPTIONS` below; every option of the
 command is passed to ``run_ar_bench`` as a keyword argument.
@@ -69,9 +70,11 @@ def bench_defaults(f):
 
 @main.command()
 @bench_defaults
-@click.option("--mode", type=click.Choice(["spiffy", "ar", "serve"]), default="spiffy", show_default=True,
-              help="spiffy: baseline vs Spiffy on a dLLM; ar: dLLM drafters for an AR target (spiffy.bench.ar); "
+@click.option("--mode", type=click.Choice(["spiffy", "batch", "ar", "serve"]), default="spiffy", show_default=True,
+              help="spiffy: baseline vs Spiffy on a dLLM; batch: Spiffy on batches vs one prompt at a time "
+                   "(spiffy.bench.batch); ar: dLLM drafters for an AR target (spiffy.bench.ar); "
                    "serve: `spiffy serve` under 1..N concurrent clients (spiffy.bench.serve).")
+@click.option("--batch-sizes", default="1,4,8", show_default=True, help="[batch] Comma-separated batch sizes.")
 @click.option("--model", default=None, help="dLLM checkpoint [default: the bundled reference dLLM].")
 @click.option("--dataset", "datasets", multiple=True, default=("gsm8k", "humaneval"), show_default=True,
               help="Prompt set(s): gsm8k, humaneval, mbpp, ... or a JSONL/text file. Repeatable.")
@@ -121,7 +124,9 @@ def bench(mode, **kw):
                      "to --mode serve")
         return run_serve_mode(**kw)
     else:
-        reject_given(ctx, AR_BENCH_ONLY + SERVE_ONLY, "to --mode spiffy (they set the AR-verifier benchmark: add --mode ar)")
+        reject_given(ctx, AR_BENCH_ONLY + SERVE_ONLY, f"to --mode {mode} (they set the AR-verifier benchmark: add --mode ar)")
+    if mode != "batch":
+        reject_given(ctx, ("batch_sizes",), "without --mode batch")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -131,12 +136,12 @@ def bench(mode, **kw):
         except SpiffyError as e:
             fail(str(e))
         return
-    run_spiffy_bench(**kw)
+    run_spiffy_bench(batch_mode=mode == "batch", **kw)
 
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
                      predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, resume=False,
-                     shard_size=4, dist_timeout=120.0, **kw):
+                     shard_size=4, dist_timeout=120.0, batch_mode=False, batch_sizes="1", **kw):
     import torch
 
     from ..backends import load_backend
@@ -166,6 +171,9 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
         device = world.device(device)
         backend = load_backend(model, device=device, dtype=dtype)
+        if batch_mode:
+            return run_batch_mode(backend, sets, settings, budget_list, base_cfg, batch_sizes, verify, graph_file, prune,
+                                  use_calibration, allow_mismatch, raw, out_dir, device)
         result = {"machine": {**machine_info(device), "ranks": world.size}, "model": backend.name,
                   "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
                            "graph": graph_file, "use_calibration": use_calibration, "prune": prune,
@@ -199,6 +207,32 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         sharding.finished()
     click.echo(markdown_table(result, predict, ceiling))
     click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))
+
+
+def run_batch_mode(backend, sets, settings, budgets, base_cfg, batch_sizes, verify, graph, prune, use_calibration,
+                   allow_mismatch, raw, out_dir, device):
+    from ..atomic import atomic_write_json, atomic_write_text
+    from ..bench.batch import markdown, run_batch_bench
+    from ..bench.dllm import resolve_specs, timestamp
+    from ..bench.machine import machine_info
+    from ..parse import int_list
+
+    sizes = int_list(batch_sizes, "--batch-sizes", 1, 256)
+    plan = []
+    for st in settings:
+        cfg = st.config(base_cfg)
+        specs = resolve_specs(backend, cfg, budgets, verify, graph, prune, use_calibration, allow_mismatch)
+        plan.append((st.name, cfg, {D: spec for D, (spec, _) in specs.items()}))
+    prompts = [backend.encode_prompt(r["prompt"], chat=not raw) for rows in sets.values() for r in rows]
+    rows = run_batch_bench(backend, prompts, plan, sizes, progress=lambda s: click.echo(f"  {s}", err=True))
+    res = {"machine": machine_info(device), "model": backend.name, "datasets": list(sets), "prompts": len(prompts),
+           "generation": base_cfg.to_dict(), "verify": verify, "rows": rows}
+    out = Path(out_dir) if out_dir else Path("runs") / f"bench-batch-{timestamp()}"
+    atomic_write_json(out / "bench_batch.json", res)
+    atomic_write_text(out / "bench_batch.md", markdown(rows) + "\n")
+    click.echo(markdown(rows))
+    click.echo(json.dumps({"outputs": [str(out / "bench_batch.json"), str(out / "bench_batch.md")],
+                           "machine": res["machine"]}))
 
 
 def run_serve_mode(model, datasets, limit, data_dir, out_dir, threads, device, dtype, ar_target, ar_drafter, clients,
