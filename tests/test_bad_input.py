@@ -114,12 +114,13 @@ def test_help_and_version_do_not_import_torch(tmp_path):
 def test_graph_file_gets_the_fingerprint_check(tmp_path):
     """A calibrated graph for another model, given with --graph, is refused unless --allow-mismatch."""
     from spiffy.backends import tiny_backend
-    from spiffy.calibration.pipeline import calibrate
+    from spiffy.calibration.pipeline import CalibrationConfig, calibrate
     from spiffy.sampling.config import GenerationConfig
 
     other = tiny_backend("llada", seed=1)
     cfg = GenerationConfig(gen_length=8, block_length=8)
-    rep = calibrate(other, [{"prompt": "abc"}, {"prompt": "hello"}], cfg, [2], out_dir=tmp_path / "cal", chat=False)
+    rep = calibrate(other, [{"prompt": "abc"}, {"prompt": "hello"}], cfg, CalibrationConfig([2]), out_dir=tmp_path / "cal",
+                    chat=False).report
     graph = tmp_path / "cal" / rep["folder"] / "D2.json"
     args = ["sample", "--model", "tiny-llada", "--prompt", "abc", "--raw", *TINY[2:], "--spiffy", "--graph", graph]
     r = spiffy(*args, cwd=tmp_path)

@@ -11,7 +11,7 @@ from spiffy import ArtifactError, GenerationConfig, generate
 from spiffy.calibration.artifact import load_graph_artifact, write_graph_artifact
 from spiffy.calibration.counts import formula_counts, possibility_graph
 from spiffy.backends.fingerprint import model_fingerprint
-from spiffy.calibration.pipeline import calibrate, graph_from_nodes
+from spiffy.calibration.pipeline import CalibrationConfig, calibrate, graph_from_nodes
 from spiffy.calibration.select import Candidates, objective_fn, select_nodes
 from spiffy.calibration.simulate import IndexedChains, simulate
 from spiffy.calibration.traces import BlockChains, block_chains
@@ -129,8 +129,8 @@ def tiny_calibration(tmp_path_factory):
     rows = [{"id": i, "prompt": p} for i, p in enumerate(["abc def", "hello", "what is 2+3?", "the cat"])]
     cfg = GenerationConfig(gen_length=16, block_length=8)
     out = tmp_path_factory.mktemp("calib")
-    rep = calibrate(be, rows, cfg, [2, 4], out_dir=out, chat=False, prompt_set="unit")
-    return be, rows, cfg, out, rep
+    run = calibrate(be, rows, cfg, CalibrationConfig([2, 4]), out_dir=out, chat=False, prompt_set="unit")
+    return be, rows, cfg, out, run
 
 
 def test_simulation_equals_decoder_and_replay(tiny_calibration):
@@ -141,7 +141,7 @@ def test_simulation_equals_decoder_and_replay(tiny_calibration):
     be, rows, cfg, out, rep = tiny_calibration
     path = out / "tiny-llada" / "b8_k1_g16_none" / "D4.json"
     g = load_graph_artifact(path, be)
-    calib = rep["_sets"]["calibration"]
+    calib = rep.sets["calibration"]
     provider, _ = provider_for(be, cfg, SpeculativeConfig(graph=g, use_calibration=False))
     for k, r in enumerate(rows):
         ids = be.encode_prompt(r["prompt"], chat=False)

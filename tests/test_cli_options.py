@@ -18,6 +18,14 @@ def test_every_generation_field_is_an_option_with_the_dataclass_default():
         assert f.name in params, f"spiffy sample cannot set {f.name}"
         assert params[f.name].default == f.default, f.name
         assert params[f.name].help == f.metadata["help"], f.name
+    for name in ("calibrate", "bench"):   # the same options, with the paper's generation length as default
+        params = {p.name: p for p in main.commands[name].params}
+        for f in dataclasses.fields(GenerationConfig):
+            if name == "bench" and f.name in ("cache", "threshold", "tokens_per_step", "steps"):
+                continue   # the bench takes lists of settings instead
+            assert f.name in params, f"spiffy {name} cannot set {f.name}"
+            assert params[f.name].help == f.metadata["help"], (name, f.name)
+            assert params[f.name].default == (256 if f.name == "gen_length" else f.default), (name, f.name)
 
 
 def test_options_reach_the_config(monkeypatch):

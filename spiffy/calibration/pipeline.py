@@ -117,72 +117,84 @@ def default_nodes(budget: int, step_counts) -> set:
     return set(default_graph(budget, key).nodes) - {ROOT}
 
 
-def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], objective: str = "saved",
-              out_dir=None, prompt_set: str = "custom", search: str = "greedy", token_ranks: int = 4,
-              heldout: Optional[dict] = None, chat: bool = True, progress: bool = False, model_name: Optional[str] = None,
-              compare_objectives: Sequence[str] = OBJECTIVES, prune: Sequence[tuple] = (), force: bool = False,
-              plot: bool = False, sharding=None) -> Optional[dict]:
-    """Calibrate graphs for ``budgets``; when ``out_dir`` is given, write the set
-    ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json, prompts.jsonl,
-    and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.temp_folder` and
-    :func:`~spiffy.atomic.replace_folder`: a killed run leaves the old set or none, never a mix); an existing set is
-    replaced only with ``force``, and that is checked before any tracing. ``heldout``: {name: rows} evaluated with every objective,
-    the default graphs and the in-sample ceiling. ``prune``: pairs (D, keep): the calibrated D graph
-    pruned at run time to ``keep`` nodes per round (child-aware score), replayed on the held-out
-    traces. ``sharding`` (:class:`spiffy.distributed.Sharding`): spread the tracing over the ranks of a
+@dataclass
+class CalibrationConfig:
+    """What a calibration selects: graphs for ``budgets`` by ``objective`` (every objective in
+    ``compare_objectives`` is evaluated beside it), with ``search`` over formulas recorded up to
+    ``token_ranks`` per position; ``prune``: (D, keep) pairs, the calibrated D graph pruned at run time
+    to ``keep`` nodes per round (child-aware score), replayed on the held-out traces."""
+
+    budgets: Sequence[int] = (3, 5, 8, 10)
+    objective: str = "saved"
+    search: str = "greedy"
+    token_ranks: int = 4
+    compare_objectives: Sequence[str] = OBJECTIVES
+    prune: Sequence[tuple] = ()
+
+    def check(self) -> "CalibrationConfig":
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ConfigError(f"budgets must be positive integers, got {list(self.budgets)}")
+        return self
+
+
+@dataclass
+class CalibrationRun:
+    """What :func:`calibrate` returns: the report (exactly the JSON written to report.json) and, for
+    callers that go on in memory, the traced prompt sets, the chosen nodes and the per-step counts."""
+
+    report: dict
+    sets: dict            # name -> TraceSet ("calibration" and every held-out set)
+    chosen: dict          # (D, objective) -> set of formulas
+    step_counts: Optional[list]
+
+
+def calibrate(backend, rows: Sequence[dict], cfg, cal: CalibrationConfig, out_dir=None, prompt_set: str = "custom",
+              heldout: Optional[dict] = None, chat: bool = True, force: bool = False, plot: bool = False,
+              progress: bool = False, sharding=None) -> Optional[CalibrationRun]:
+    """Calibrate graphs (:class:`CalibrationConfig`) on the prompts ``rows``; when ``out_dir`` is given,
+    write the set ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json,
+    prompts.jsonl, and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.temp_folder` and
+    :func:`~spiffy.atomic.replace_folder`: a killed run leaves the old set or none, never a mix); an
+    existing set is replaced only with ``force``, and that is checked before any tracing. ``heldout``:
+    {name: rows} evaluated with every objective, the default graphs and the in-sample ceiling.
+    ``sharding`` (:class:`spiffy.distributed.Sharding`): spread the tracing over the ranks of a
     torch.distributed job and save finished shards for ``--resume``; rank 0 selects, writes and
-    returns the report, the other ranks return None. Returns the report."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    if not budgets or any(b < 1 for b in budgets):
-        raise ConfigError(f"budgets must be positive integers, got {list(budgets)}")
+    returns the run, the other ranks return None."""
+    cal.check()
     if not rows:
         raise ConfigError("the calibration prompt set is empty")
     t0 = time.perf_counter()
-    model = model_name or backend.name
+    model = backend.name
     final = None
     if out_dir is not None:
         final = Path(out_dir) / model / set_folder_name(setting_key(cfg, sampler_of(backend, cfg)), cfg.gen_length,
                                                         cfg.cache, cfg.temperature)
         _check_free(final, force)
-    max_depth = max(budgets)
-    step_counts = step_counts_for(backend, cfg, max_depth)
-    traced = trace_sets(backend, [(prompt_set, rows), *(heldout or {}).items()], cfg, max_depth, token_ranks, chat,
-                        progress, sharding)
+    budgets, objective = list(cal.budgets), cal.objective
+    objectives = list(dict.fromkeys([objective, *cal.compare_objectives]))
+    step_counts = step_counts_for(backend, cfg, max(budgets))
+    traced = trace_sets(backend, [(prompt_set, rows), *(heldout or {}).items()], cfg, max(budgets), cal.token_ranks,
+                        chat, progress, sharding)
     if traced is None:   # another rank of a distributed job: rank 0 selects and writes
         return None
     calib, held_traced = traced[0], traced[1:]
     counts = formula_counts(calib.chains)
     indexed = IndexedChains(calib.chains)
-    fp = model_fingerprint(backend)
-    setting = setting_name(backend, cfg)
-    report = {"model": model, "setting": setting, "fingerprint": fp, "prompt_set": prompt_set, "size": len(rows),
-              "objective": objective, "search": search, "token_ranks": token_ranks, "budgets": list(budgets),
-              "calibration_baseline_calls": calib.baseline, "graphs": {}, "heldout": {}}
+    report = {"model": model, "setting": setting_name(backend, cfg), "fingerprint": model_fingerprint(backend),
+              "prompt_set": prompt_set, "size": len(rows), "objective": objective, "search": cal.search,
+              "token_ranks": cal.token_ranks, "budgets": budgets, "calibration_baseline_calls": calib.baseline,
+              "graphs": {}, "heldout": {}}
     chosen = {}
     for D in budgets:
-        for obj in dict.fromkeys([objective, *compare_objectives]):
-            nodes = select_nodes(counts, D, obj, indexed, step_counts, search)
+        for obj in objectives:
+            nodes = select_nodes(counts, D, obj, indexed, step_counts, cal.search)
             chosen[(D, obj)] = nodes
             report["graphs"].setdefault(str(D), {})[obj] = {"calibration": evaluate_nodes(calib, nodes),
                                                             "nodes": sorted([list(map(list, f)) for f in nodes])}
-    held_sets = {}
     for ts in held_traced:
-        name, hrows = ts.name, ts.prompts
-        held_sets[name] = ts
-        hcounts = formula_counts(ts.chains)
-        hidx = IndexedChains(ts.chains)
-        table = {}
-        for D in budgets:
-            row = {obj: evaluate_nodes(ts, chosen[(D, obj)]) for obj in dict.fromkeys([objective, *compare_objectives])}
-            row["default"] = evaluate_nodes(ts, default_nodes(D, step_counts))
-            row["ceiling"] = evaluate_nodes(ts, select_nodes(hcounts, D, "saved", hidx, step_counts, search))
-            table[str(D)] = row
-        report["heldout"][name] = {"size": len(hrows), "baseline_calls": ts.baseline, "by_budget": table}
-        if prune:
-            report["heldout"][name]["pruned"] = {
-                f"D{D}->keep{k}": evaluate_pruned(backend, cfg, ts, graph_from_nodes(chosen[(D, objective)], step_counts), k)
-                for D, k in prune if D in budgets}
+        report["heldout"][ts.name] = evaluate_heldout(backend, cfg, ts, cal, chosen, step_counts)
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     if final is not None:
         report["folder"] = f"{model}/{final.name}"
@@ -199,10 +211,25 @@ def calibrate(backend, rows: Sequence[dict], cfg, budgets: Sequence[int], object
             raise
     if sharding is not None:
         sharding.finished()
-    report["_chosen"] = chosen
-    report["_sets"] = {"calibration": calib, **held_sets}
-    report["_step_counts"] = step_counts
-    return report
+    return CalibrationRun(report, {"calibration": calib, **{ts.name: ts for ts in held_traced}}, chosen, step_counts)
+
+
+def evaluate_heldout(backend, cfg, ts: TraceSet, cal: CalibrationConfig, chosen: dict, step_counts) -> dict:
+    """A held-out set: every objective's graph, the default graph and the in-sample ceiling per budget,
+    and the runtime-pruned graphs of ``cal.prune``."""
+    hcounts, hidx = formula_counts(ts.chains), IndexedChains(ts.chains)
+    table = {}
+    for D in cal.budgets:
+        row = {obj: evaluate_nodes(ts, nodes) for (d, obj), nodes in chosen.items() if d == D}
+        row["default"] = evaluate_nodes(ts, default_nodes(D, step_counts))
+        row["ceiling"] = evaluate_nodes(ts, select_nodes(hcounts, D, "saved", hidx, step_counts, cal.search))
+        table[str(D)] = row
+    out = {"size": len(ts.prompts), "baseline_calls": ts.baseline, "by_budget": table}
+    if cal.prune:
+        out["pruned"] = {
+            f"D{D}->keep{k}": evaluate_pruned(backend, cfg, ts, graph_from_nodes(chosen[(D, cal.objective)], step_counts), k)
+            for D, k in cal.prune if D in cal.budgets}
+    return out
 
 
 def _check_free(final: Path, force: bool):
@@ -250,5 +277,4 @@ def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Pat
                                                "model": report["model"], "fingerprint": report["fingerprint"],
                                                "setting": report["setting"], "prompt_set": ps,
                                                "possibility_graph": possibility_to_dict(pg)}, indent=None)
-    public = {k: v for k, v in report.items() if not k.startswith("_")}
-    atomic_write_json(folder / "report.json", public)
+    atomic_write_json(folder / "report.json", report)

@@ -8,6 +8,7 @@ import click
 from . import main
 from ..parse import int_list
 from .parallel import joined, parallel_options
+from .sample import config_from, decode_options
 
 
 def _pairs(text: str) -> list:
@@ -18,6 +19,16 @@ def _pairs(text: str) -> list:
     if any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in pairs):
         raise click.BadParameter(f"--prune takes D:keep pairs of positive integers like 10:3, got {text!r}")
     return pairs
+
+
+def calibration_decode_options(f):
+    """The sampler's options, generated from GenerationConfig (as `spiffy sample`'s), with the paper's
+    generation length (256) as the default."""
+    f = decode_options(f)
+    for p in f.__click_params__:
+        if p.name == "gen_length":
+            p.default = 256
+    return f
 
 
 @main.command()
@@ -36,12 +47,7 @@ def _pairs(text: str) -> list:
 @click.option("--heldout-limit", default=24, show_default=True, type=click.IntRange(min=1))
 @click.option("--prune", "prune_spec", default="", help="Also replay runtime pruning on the held-out traces: "
               "comma-separated D:keep pairs, e.g. 10:3 (the calibrated D graph, best `keep` nodes per round).")
-@click.option("--gen-length", default=256, show_default=True)
-@click.option("--block-length", default=32, show_default=True)
-@click.option("--tokens-per-step", default=1, show_default=True)
-@click.option("--threshold", type=float, default=None, help="Calibrate for confidence-threshold decoding.")
-@click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True)
-@click.option("--temperature", default=0.0, show_default=True)
+@calibration_decode_options
 @click.option("--data-dir", default=None, help="Data directory [default: $SPIFFY_DATA or ../shared/data].")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Calibration root to write the set under [default: $SPIFFY_CACHE/calibration, i.e. "
@@ -55,18 +61,16 @@ def _pairs(text: str) -> list:
               help="torch CPU threads per process [default: torch's; torchrun sets 1 per rank].")
 @parallel_options
 def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, heldout, heldout_limit, prune_spec,
-              gen_length, block_length, tokens_per_step, threshold, cache, temperature, data_dir, out_dir, force, plot,
-              device, dtype, raw, threads, resume, shard_size, dist_timeout):
+              data_dir, out_dir, force, plot, device, dtype, raw, threads, resume, shard_size, dist_timeout, **kw):
     """Trace the baseline on a prompt set, select draft graphs per budget, and write the set
     OUT/<model>/<setting>_g<gen>_<cache>/ (D<k>.json, counts.json, report.json, prompts.jsonl) as one unit.
 
     Data-parallel: `torchrun --nproc-per-node N -m spiffy calibrate ...` traces the prompts on N ranks
     (each on its own device); rank 0 selects and writes, and the set equals the single-process one."""
     from ..backends import load_backend
-    from ..calibration.pipeline import calibrate as run
+    from ..calibration.pipeline import CalibrationConfig, calibrate as run
     from ..datasets import load_prompts
     from ..memory import pin_mmap_threshold
-    from ..sampling.config import GenerationConfig
     from ..speculative.config import MAX_BUDGET
 
     pin_mmap_threshold()   # long decode loops (spiffy.memory)
@@ -80,21 +84,19 @@ def calibrate(model, dataset, limit, budgets, objective, search, token_ranks, he
 
         torch.set_num_threads(threads)
     with joined(device, resume, shard_size, dist_timeout) as sharding:
-        bl = int_list(budgets, "--budgets", 1, MAX_BUDGET)
-        prune_pairs = _pairs(prune_spec)
-        cfg = GenerationConfig(gen_length=gen_length, block_length=block_length,
-                               tokens_per_step=None if threshold is not None else tokens_per_step,
-                               threshold=threshold, cache=cache, temperature=temperature)
+        cal = CalibrationConfig(int_list(budgets, "--budgets", 1, MAX_BUDGET), objective, search, token_ranks,
+                                prune=_pairs(prune_spec))
+        cfg = config_from(kw)
         rows = []
         for name in dataset.split(","):
             rows += load_prompts(name.strip(), limit, data_dir)
         held = {h.strip(): load_prompts(h.strip(), heldout_limit, data_dir) for h in heldout.split(",") if h.strip()}
         backend = load_backend(model, device=sharding.world.device(device), dtype=dtype)
-        rep = run(backend, rows, cfg, bl, objective, out_dir, prompt_set=f"{dataset}[:{limit}]", search=search,
-                  token_ranks=token_ranks, heldout=held, chat=not raw, progress=True, prune=prune_pairs,
-                  force=force, plot=plot, sharding=sharding)
-    if rep is None:   # another rank of a torchrun job: rank 0 reports
+        done = run(backend, rows, cfg, cal, out_dir, prompt_set=f"{dataset}[:{limit}]", heldout=held, chat=not raw,
+                   force=force, plot=plot, progress=True, sharding=sharding)
+    if done is None:   # another rank of a torchrun job: rank 0 reports
         return
+    rep = done.report
     folder = Path(out_dir) / rep["folder"]
     click.echo(markdown_summary(rep))
     click.echo(f"wrote {folder}")
