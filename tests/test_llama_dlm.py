@@ -152,7 +152,7 @@ def test_bidirectional_and_shifted(trained):
     # the session reads block positions j from rows j - 1 of a direct forward
     prompt = ids[0, :-8].tolist()
     s = DecodeSession(be, [prompt], GenerationConfig(gen_length=8, block_length=8))
-    got = s.run_query(0, 0, s.L).logits
+    got = s.begin_block(0)
     with torch.no_grad():
         direct = be.forward(s.x).logits[:, len(prompt) - 1:len(prompt) + 7]
     assert torch.equal(got, direct)
