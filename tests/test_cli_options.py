@@ -26,6 +26,11 @@ def test_every_generation_field_is_an_option_with_the_dataclass_default():
             assert f.name in params, f"spiffy {name} cannot set {f.name}"
             assert params[f.name].help == f.metadata["help"], (name, f.name)
             assert params[f.name].default == (256 if f.name == "gen_length" else f.default), (name, f.name)
+    from spiffy.cli.serve import PER_REQUEST   # the server: all but what each request sets
+
+    params = {p.name: p for p in main.commands["serve"].params}
+    for f in dataclasses.fields(GenerationConfig):
+        assert (f.name in params) == (f.name not in PER_REQUEST), f.name
 
 
 def test_options_reach_the_config(monkeypatch):

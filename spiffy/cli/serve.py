@@ -7,7 +7,20 @@ import sys
 import click
 
 from . import main
+from .options import dataclass_options
 from .sample import fail
+
+
+PER_REQUEST = ("gen_length", "temperature", "seed", "steps")   # set by each request (max_tokens, temperature, seed)
+
+
+def server_decode_options(f):
+    """The sampler's options, generated from GenerationConfig, except those each request sets."""
+    from ..sampling.config import GenerationConfig
+
+    for o in reversed(dataclass_options(GenerationConfig, exclude=PER_REQUEST)):
+        f = o(f)
+    return f
 
 
 @main.command()
@@ -21,11 +34,7 @@ from .sample import fail
 @click.option("--budget", type=click.IntRange(min=0), default=None,
               help="dLLM: default Spiffy draft budget D, 0 = the plain baseline [default: 8 on CUDA, 0 on CPU, "
                    "where every draft costs full compute]. A request may set spiffy.budget.")
-@click.option("--block-length", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--tokens-per-step", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="dLLM: default to confidence-threshold decoding.")
-@click.option("--cache", type=click.Choice(["none", "prefix", "dual"]), default="none", show_default=True)
+@server_decode_options
 @click.option("--max-tokens-limit", default=512, show_default=True, type=click.IntRange(min=1),
               help="Largest max_tokens a request may ask for.")
 @click.option("--default-max-tokens", default=None, type=click.IntRange(min=1),
@@ -44,8 +53,8 @@ from .sample import fail
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [default: torch's].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(model, target, drafter, strategy, budget, block_length, tokens_per_step, threshold, cache, max_tokens_limit,
-          default_max_tokens, max_budget, max_queue, max_batch, batching, host, port, device, dtype, threads, log_level):
+def serve(model, target, drafter, strategy, budget, max_tokens_limit, default_max_tokens, max_budget, max_queue,
+          max_batch, batching, host, port, device, dtype, threads, log_level, **kw):
     """Serve POST /v1/chat/completions and /v1/completions (streaming included), GET /v1/models, /health and
     /metrics. Every answer equals the offline API's for the same prompt, settings and seed, whatever else
     is being served; requests with equal settings are decoded as one batch."""
@@ -68,7 +77,7 @@ def serve(model, target, drafter, strategy, budget, block_length, tokens_per_ste
     limits = ServeLimits(max_tokens=max_tokens_limit, default_max_tokens=default_max_tokens, max_budget=max_budget)
     try:
         if target is not None:
-            if model is not None or budget is not None or threshold is not None:
+            if model is not None or budget is not None or kw.get("threshold") is not None:
                 raise SpiffyError("--model, --budget and --threshold set a dLLM server; with --target give --drafter")
             from ..ar.decode import ARDecodeConfig
             from ..ar.pair import default_drafter_name, load_drafter_model
@@ -88,9 +97,7 @@ def serve(model, target, drafter, strategy, budget, block_length, tokens_per_ste
             from ..sampling.config import GenerationConfig
 
             backend = load_backend(model, device=device, dtype=dtype)
-            base = GenerationConfig(gen_length=block_length, block_length=block_length,
-                                    tokens_per_step=None if threshold is not None else tokens_per_step,
-                                    threshold=threshold, cache=cache)
+            base = GenerationConfig(**kw, gen_length=kw["block_length"])   # a request sets its own length
             if budget is None:
                 budget = 8 if backend.device.type == "cuda" else 0
             if budget > max_budget:
