@@ -96,6 +96,8 @@ class DecodeSession(Canvas):
         if self.use_cfg:
             un = torch.where(prompt_mask, torch.full_like(ids, self.mask_id), ids)
             ids, pos, valid = torch.cat([ids, un]), torch.cat([pos, pos]), torch.cat([valid, valid])
+            if logits_index is not None and logits_index.dim() == 2:
+                logits_index = torch.cat([logits_index, logits_index])
         dev = self.backend.device
         _sync(dev)
         t0 = time.perf_counter()

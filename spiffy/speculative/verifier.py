@@ -32,6 +32,15 @@ def _masked_rows(real: torch.Tensor, mask_id: int):
     return None if sel.numel() == real.shape[1] else sel
 
 
+def _per_copy_rows(real: torch.Tensor, mask_id: int, counts: list):
+    """[N, m]: for every copy, the positions masked in its row's real state, padded to the longest list
+    by repeating the row's first one (m = the most masked positions of any row)."""
+    lists = [(r == mask_id).nonzero().squeeze(-1) for r in real]
+    m = max(len(x) for x in lists)
+    padded = [torch.cat([x, x[:1].expand(m - len(x))]) for x in lists]
+    return torch.cat([p[None].expand(c, -1) for p, c in zip(padded, counts)])
+
+
 def _scatter(logits: torch.Tensor, sel, n: int) -> torch.Tensor:
     if sel is None:
         return logits
@@ -43,10 +52,14 @@ def _scatter(logits: torch.Tensor, sel, n: int) -> torch.Tensor:
 def verify_batch(session, b: int, row_of: torch.Tensor, states: torch.Tensor, sel=None,
                  counted: bool = True) -> torch.Tensor:
     """Logits [N, n, V] for block states ``states`` [N, n] of rows ``row_of`` [N], as batch copies in one
-    forward; ``sel``: compute logits only at these block positions (others are left zero)."""
+    forward; ``sel``: compute logits only at these block positions, [m] for every copy or [N, m] per
+    copy (others are left zero; a position repeated in a row's list is computed twice, read once)."""
     rows = session.target_rows(b, session.query_range(b)[0])
     out = session.states_forward(b, row_of, states, rows if sel is None else rows[sel], counted)
-    return _scatter(out.logits, sel, states.shape[1])
+    if sel is None or sel.dim() == 1:
+        return _scatter(out.logits, sel, states.shape[1])
+    full = out.logits.new_zeros(states.shape[0], states.shape[1], out.logits.shape[-1])
+    return full.scatter_(1, sel[..., None].expand(-1, -1, full.shape[-1]), out.logits)
 
 
 def packed_layout(session, b: int, m: int, sel=None):
@@ -122,9 +135,12 @@ def verify(session, b: int, requests: list, mode: str, masked_only: bool = True,
     sel = _masked_rows(real, session.mask_id) if masked_only else None
     if mode == "batch" or all(st.shape[0] == 1 for _, st in requests):
         dev = session.x.device
-        row_of = torch.cat([torch.full((st.shape[0],), row, dtype=torch.long, device=dev) for row, st in requests])
+        counts = [st.shape[0] for _, st in requests]
+        row_of = torch.cat([torch.full((c,), row, dtype=torch.long, device=dev) for (row, _), c in zip(requests, counts)])
+        if sel is not None and len(requests) > 1:   # each copy computes its own row's masked positions only
+            sel = _per_copy_rows(real, session.mask_id, counts)
         logits = verify_batch(session, b, row_of, torch.cat([st for _, st in requests]), sel, counted)
-        return list(logits.split([st.shape[0] for _, st in requests]))
+        return list(logits.split(counts))
     if mode == "packed":
         return verify_packed(session, b, requests, sel, counted)
     raise ValueError(f"verify mode must be one of {VERIFY_MODES}, got {mode!r}")
