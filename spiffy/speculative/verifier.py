@@ -59,7 +59,8 @@ def verify_batch(session, b: int, row_of: torch.Tensor, states: torch.Tensor, se
     if sel is None or sel.dim() == 1:
         return _scatter(out.logits, sel, states.shape[1])
     full = out.logits.new_zeros(states.shape[0], states.shape[1], out.logits.shape[-1])
-    return full.scatter_(1, sel[..., None].expand(-1, -1, full.shape[-1]), out.logits)
+    full[torch.arange(states.shape[0], device=sel.device)[:, None], sel] = out.logits
+    return full
 
 
 def packed_layout(session, b: int, m: int, sel=None):
