@@ -221,3 +221,21 @@ def test_bad_adapter_training_input_is_one_clear_line(trained, tmp_path, monkeyp
     assert len(res.output.strip().splitlines()) == 1
     state.write_bytes(before)
     assert run(dict(recipe, steps=4)).exit_code == 0            # the intact state continues
+
+
+def test_bundled_models_by_name_and_the_sample_default():
+    """`--model spiffy-dllm-ref` names a bundled model from anywhere (a wheel too), and `spiffy sample`
+    without --model decodes with spiffy-smollm2-dlm over the fetched SmolLM2 base."""
+    from click.testing import CliRunner
+
+    from spiffy.backends.loader import default_model_path, resolve_path
+    from spiffy.cli import main
+    from spiffy.named_models import fetch
+
+    assert resolve_path("spiffy-dllm-ref") == default_model_path()
+    assert resolve_path("spiffy-smollm2-dlm") == SHIPPED
+    fetch("smollm2-135m-instruct", progress=print)   # a no-op when .ci/run already prepared it
+    r = CliRunner().invoke(main, ["sample", "--prompt", "What is 2 + 3?", "--gen-length", "8", "--block-length", "8",
+                                  "--cache", "dual", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["model"] == "spiffy-smollm2-dlm"

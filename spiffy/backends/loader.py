@@ -85,9 +85,12 @@ def resolve_path(path_or_id: Optional[str]) -> Path:
         return p
     from ..named_models import is_named, resolve_named
 
+    p = Path(path_or_id).expanduser()
+    bundled = models_dir() / path_or_id
+    if not p.is_dir() and "/" not in path_or_id and (bundled / "config.json").exists():
+        return bundled      # a bundled model by name (spiffy-dllm-ref, spiffy-smollm2-dlm), from a checkout or a wheel
     if is_named(path_or_id):
         return resolve_named(path_or_id)
-    p = Path(path_or_id).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{p} is a directory but has no config.json: not a model checkpoint")

@@ -50,11 +50,16 @@ def _dllm_only() -> tuple:
 
 
 DLLM_ONLY = _dllm_only()
+# the default dLLM of `spiffy sample`: its answers read better than the 2.5M reference's (models/spiffy-smollm2-dlm
+# card shows both); it needs the SmolLM2 base in the cache
+DEFAULT_MODEL = "spiffy-smollm2-dlm"
 
 
 @main.command()
 @click.option("--model", "model", default=None,
-              help="Checkpoint directory, hub id, or tiny-llada/tiny-dream [default: the bundled reference dLLM].")
+              help="Checkpoint directory, hub id, a bundled model (spiffy-smollm2-dlm, spiffy-dllm-ref) or "
+                   "tiny-llada/tiny-dream [default: spiffy-smollm2-dlm, SmolLM2-135M-Instruct adapted to diffusion, "
+                   "whose base `spiffy models fetch smollm2-135m-instruct` prepares; with --target: the drafter].")
 @click.option("--prompt", required=True, help="Prompt text.")
 @decode_options
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
@@ -97,7 +102,13 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
                                      verify=verify or "batch", allow_mismatch=allow_mismatch).validate()
         elif budget is not None or graph_file is not None or verify is not None or allow_mismatch:
             raise ConfigError("--budget, --graph, --verify and --allow-mismatch need --spiffy")
-        backend = load_backend(model, device=device, dtype=dtype)
+        try:
+            backend = load_backend(model or DEFAULT_MODEL, device=device, dtype=dtype)
+        except SpiffyError as e:
+            if model is None:   # the default needs its base: say how to get it, or how to do without
+                raise type(e)(f"{e} (the default model {DEFAULT_MODEL} adapts that base; or pass --model "
+                              "spiffy-dllm-ref, the bundled 2.5M reference dLLM, nothing to download)") from None
+            raise
         res = generate(backend, prompt, cfg, chat=not raw, speculative=spec)
     except SpiffyError as e:
         fail(str(e))
