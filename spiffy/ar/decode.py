@@ -243,7 +243,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
         from .ngram import NGramModel
 
         ngram = NGramModel.for_tokenizer(target.tokenizer, cfg.ngram)
-    g = torch.Generator().manual_seed(int(cfg.seed))
+    g = torch.Generator(device=target.device).manual_seed(int(cfg.seed))   # draws beside the target's logits
     ctl = AdaptiveLength(cfg.min_draft, cfg.max_draft, cfg.grow, cfg.ema,
                          gamma=min(max(cfg.draft_length, cfg.min_draft), cfg.max_draft)) if cfg.adaptive else None
     prop = _Proposer(drafter, cfg, stop, ngram) if drafter is not None else None

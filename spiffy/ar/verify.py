@@ -31,7 +31,7 @@ def _draw(p: torch.Tensor, generator) -> int:
 
 
 def _uniform(generator) -> float:
-    return float(torch.rand((), generator=generator, dtype=torch.float64))
+    return float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
 
 
 def greedy_chain(draft: list, logits: torch.Tensor) -> tuple[int, int]:
