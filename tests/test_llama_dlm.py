@@ -239,3 +239,22 @@ def test_bundled_models_by_name_and_the_sample_default():
                                   "--cache", "dual", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["model"] == "spiffy-smollm2-dlm"
+
+
+def test_shipped_calibrated_graphs_fit_the_shipped_adapter():
+    """Every calibrated graph shipped for spiffy-smollm2-dlm passes the decoder's checks (schema, model
+    fingerprint of the rebuilt model, setting) and is the one the decoder finds for its setting."""
+    from spiffy.backends.loader import load_backend
+    from spiffy.named_models import fetch
+    from spiffy.sampling.config import GenerationConfig
+    from spiffy.speculative.calibrated import calibrated_graph_for, load_graph_artifact
+
+    fetch("smollm2-135m-instruct", progress=print)   # a no-op when .ci/run already prepared it
+    be = load_backend(str(SHIPPED), dtype="float32")
+    folders = sorted(p for p in (ROOT / "calibration" / "spiffy-smollm2-dlm").iterdir() if p.is_dir())
+    assert [f.name for f in folders] == ["b32_k1_g128_dual", "b32_thr0.9_g128_dual"]
+    for folder, threshold in zip(folders, (None, 0.9)):
+        cfg = GenerationConfig(gen_length=128, block_length=32, cache="dual", threshold=threshold)
+        for D in (3, 5, 8, 10):
+            load_graph_artifact(folder / f"D{D}.json", be)
+            assert calibrated_graph_for(be, cfg, "llada", D, ROOT / "calibration") == folder / f"D{D}.json"
