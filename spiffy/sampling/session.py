@@ -111,15 +111,16 @@ class DecodeSession(Canvas):
         out.logits = self.combine(out.logits)
         return out
 
-    def states_forward(self, b: int, row_of: torch.Tensor, states: torch.Tensor, logits_index=None,
+    def states_forward(self, b: int, row_of: Optional[torch.Tensor], states: torch.Tensor, logits_index=None,
                        counted: bool = True):
-        """Batch copies: query row i is row ``row_of[i]`` with its block set to ``states[i]``, each exactly
-        what a step of this session runs for that state (over the shared frozen context)."""
+        """Query row i is row ``row_of[i]`` (None: row i of the session) with its block set to ``states[i]``,
+        each exactly what a step of this session runs for that state (over the shared frozen context)."""
         qs, qe = self.query_range(b)
         s, e = self.span(b)
-        ids = self.x[row_of, qs:qe].clone()
+        r = slice(None) if row_of is None else row_of
+        ids = self.x[r, qs:qe].clone()
         ids[:, s - qs:e - qs] = states
-        return self.forward(ids, self.pos[row_of, qs:qe], self.key_valid[row_of, qs:qe], self.prompt_mask[row_of, qs:qe],
+        return self.forward(ids, self.pos[r, qs:qe], self.key_valid[r, qs:qe], self.prompt_mask[r, qs:qe],
                             None if self.cfg.cache == "none" else self.context_rows(row_of),
                             logits_index=self.target_rows(b, qs) if logits_index is None else logits_index,
                             counted=counted)
@@ -142,10 +143,4 @@ class DecodeSession(Canvas):
 
     def block_logits(self, b: int, block: torch.Tensor) -> torch.Tensor:
         """Logits [B, n, V] for the block holding ``block`` [B, n], under the cache mode."""
-        qs, qe = self.query_range(b)
-        s, e = self.span(b)
-        ids = self.x[:, qs:qe].clone()
-        ids[:, s - qs:e - qs] = block
-        ctx = None if self.cfg.cache == "none" else self.context
-        return self.forward(ids, self.pos[:, qs:qe], self.key_valid[:, qs:qe], self.prompt_mask[:, qs:qe], ctx,
-                            logits_index=self.target_rows(b, qs)).logits
+        return self.states_forward(b, None, block).logits

@@ -125,10 +125,6 @@ def ceiling_nfe(trace: Trace, budget: int) -> int:
     return calls * (2 if trace.cfg.cfg_scale > 0 else 1)
 
 
-def baseline_nfe(trace: Trace) -> int:
-    return sum(len(bt.states) - 1 for bt in trace.blocks) * (2 if trace.cfg.cfg_scale > 0 else 1)
-
-
 def provider_for(backend, cfg, spec):
     """The graph provider and draft-source depth the decoder would use for ``spec``."""
     provider = GraphProvider(spec, backend, cfg, sampler_of(backend, cfg))
