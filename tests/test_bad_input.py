@@ -82,6 +82,15 @@ CASES = {
     "zero block length": (["sample", "--model", "tiny-llada", "--prompt", "a", "--block-length", "0"],
                           "block_length must be positive"),
     "unknown named model": (["models", "fetch", "gpt-17"], "unknown model name"),
+    # spiffy bench --mode batch
+    "zero batch size": (["bench", "--mode", "batch", "--model", "./no/such/model", "--batch-sizes", "4,0",
+                         "--dataset", "ok.jsonl"], "--batch-sizes must be integers in [1, 256]"),
+    "batch sizes without --mode batch": (["bench", "--batch-sizes", "4", "--dataset", "ok.jsonl"],
+                                         "--batch-sizes does not apply without --mode batch"),
+    "replay options in --mode batch": (["bench", "--mode", "batch", "--predict", "--dataset", "ok.jsonl"],
+                                       "--predict does not apply to --mode batch"),
+    # the bundled-name lookup does not hide a typo
+    "unknown bundled-looking model": (["sample", "--model", "spiffy-no-such-model", "--prompt", "a"], "not found"),
 }
 
 

@@ -127,6 +127,8 @@ def bench(mode, **kw):
         reject_given(ctx, AR_BENCH_ONLY + SERVE_ONLY, f"to --mode {mode} (they set the AR-verifier benchmark: add --mode ar)")
     if mode != "batch":
         reject_given(ctx, ("batch_sizes",), "without --mode batch")
+    else:
+        reject_given(ctx, ("predict", "ceiling", "vanilla") + PARALLEL_PARAMS, "to --mode batch")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -169,10 +171,14 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
+        if batch_mode:
+            if world.distributed:
+                raise SpiffyError("--mode batch runs in one process (it compares decodes on one device): not under torchrun")
+            sizes = int_list(batch_sizes, "--batch-sizes", 1, 256)    # before the model loads
         device = world.device(device)
         backend = load_backend(model, device=device, dtype=dtype)
         if batch_mode:
-            return run_batch_mode(backend, sets, settings, budget_list, base_cfg, batch_sizes, verify, graph_file, prune,
+            return run_batch_mode(backend, sets, settings, budget_list, base_cfg, sizes, verify, graph_file, prune,
                                   use_calibration, allow_mismatch, raw, out_dir, device)
         result = {"machine": {**machine_info(device), "ranks": world.size}, "model": backend.name,
                   "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
@@ -209,15 +215,13 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
     click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))
 
 
-def run_batch_mode(backend, sets, settings, budgets, base_cfg, batch_sizes, verify, graph, prune, use_calibration,
+def run_batch_mode(backend, sets, settings, budgets, base_cfg, sizes, verify, graph, prune, use_calibration,
                    allow_mismatch, raw, out_dir, device):
     from ..atomic import atomic_write_json, atomic_write_text
     from ..bench.batch import markdown, run_batch_bench
     from ..bench.dllm import resolve_specs, timestamp
     from ..bench.machine import machine_info
-    from ..parse import int_list
 
-    sizes = int_list(batch_sizes, "--batch-sizes", 1, 256)
     plan = []
     for st in settings:
         cfg = st.config(base_cfg)
