@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveLength
+from .best_first import best_first_tree
 from .gate import CPU_VERIFY_COST, DraftGate
 from .path_search import PathSearchConfig, causal_path_search
 from .result import ARResult
@@ -42,6 +43,7 @@ class ARDecodeConfig:
     lam: float = 0.5
     ngram: Optional[str] = None    # n-gram artifact path [default: the shipped one built with the target's tokenizer]
     tree: int = 0                  # D²SD draft-tree branches (0 = a single chain)
+    tree_nodes: int = 0            # > 0: a best-first tree of this many nodes from one draft's per-slot distributions (DDTree)
     drafter_steps: int = 1         # denoising steps of a dLLM drafter
     temperature: float = 0.0       # 0 = greedy
     seed: int = 0
@@ -57,6 +59,10 @@ class ARDecodeConfig:
             raise ConfigError(f"drafter steps must be >= 1 (got {self.drafter_steps})")
         if self.tree < 0:
             raise ConfigError(f"tree branches must be >= 0 (got {self.tree})")
+        if self.tree_nodes < 0:
+            raise ConfigError(f"tree nodes must be >= 0 (got {self.tree_nodes})")
+        if self.tree_nodes and self.tree:
+            raise ConfigError("choose one kind of tree: best-first (tree_nodes) or re-drafted branches (tree)")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
         if self.gate is not None and self.gate < 0:
@@ -78,15 +84,18 @@ class ARDecodeConfig:
 def strategy_name(drafter, cfg: ARDecodeConfig) -> str:
     if drafter is None:
         return "target"
-    if getattr(drafter, "kind", "") == "ar":
+    kind = getattr(drafter, "kind", "")
+    if kind == "ar":
         return "ar-drafter"
-    parts = ["ngram" if getattr(drafter, "kind", "") == "lookup" else "dllm"]
+    parts = [{"lookup": "ngram", "block": "diffusion"}.get(kind, "dllm")]
     if cfg.path_search:
         parts.append("path")
     if cfg.adaptive:
         parts.append("adaptive")
     if cfg.tree:
-        parts.append(f"tree{cfg.tree}")
+        parts.append(f"redraft{cfg.tree}" if kind == "block" else f"tree{cfg.tree}")
+    if cfg.tree_nodes:
+        parts.append(f"tree{cfg.tree_nodes}")
     return "+".join(parts)
 
 
@@ -131,10 +140,19 @@ class _Proposer:
         self.seed = int(cfg.seed)      # drafters key their noise by (seed, prefix length)
         self.sample = cfg.temperature > 0
         # drafts whose tokens are chosen deterministically are verified as point masses
-        self.point_mass = cfg.path_search or cfg.tree > 0 or getattr(drafter, "deterministic", False)
+        self.point_mass = (cfg.path_search or cfg.tree > 0 or cfg.tree_nodes > 0
+                           or getattr(drafter, "deterministic", False))
 
     def __call__(self, prefix, gamma) -> Proposal:
+        if self.cfg.tree_nodes:
+            return self.best_first(prefix, gamma)
         return self.tree(prefix, gamma) if self.cfg.tree else self.chain(prefix, gamma)[0]
+
+    def best_first(self, prefix, gamma) -> Proposal:
+        """DDTree: the ``tree_nodes`` most likely prefixes of one draft's per-slot distributions."""
+        dr = self.d.draft(prefix, gamma, self.seed, sample=False)
+        tree, best = best_first_tree(dr.q, self.cfg.tree_nodes, self.stop)
+        return Proposal(tree=tree, before=self._before_stop(best), key=dr.key)
 
     def chain(self, prefix, gamma):
         """(Proposal, the drafter's Draft, confidence of the proposed tokens)."""
@@ -237,7 +255,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     ids = _as_prompt_ids(target, prompt, chat)
     stop = set(target.stop_ids)
     kind = getattr(drafter, "kind", None)
-    if kind == "ar" and (cfg.path_search or cfg.tree):
+    if kind == "ar" and (cfg.path_search or cfg.tree or cfg.tree_nodes):
         raise ConfigError("path search and draft trees need a diffusion drafter (got an AR drafter)")
     if cfg.path_search and ngram is None:
         from .ngram import NGramModel
@@ -256,6 +274,8 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
 
     t0 = time.perf_counter()
     state = target.new_state()
+    if hasattr(drafter, "attach"):
+        drafter.attach(state)   # a drafter that reads the target's features at the committed positions
     if len(ids) > 1:
         state.extend(ids[:-1])
     pending = ids[-1]
@@ -266,6 +286,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     while not done:
         gamma = ctl.gamma if ctl is not None else cfg.draft_length
         gamma = min(gamma, cfg.max_new_tokens - len(out) - 1)   # room for the target's own token
+        gamma = min(gamma, getattr(drafter, "max_draft", gamma))
         proposal = prop(ids + out, gamma) if prop is not None and gamma >= 1 else None
         if proposal is not None and gate is not None and not gate.allow(proposal.key):
             proposal = None   # not worth a wider forward: a plain round

@@ -45,6 +45,22 @@ class ARTarget:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.calls = 0
         self.seconds = 0.0
+        # target layers whose outputs a feature-reading drafter consumes (None: no features kept)
+        self.feature_layers: Optional[tuple] = None
+        self.last_features: Optional[torch.Tensor] = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def features_of(self, hidden_states) -> torch.Tensor:
+        """The outputs of :attr:`feature_layers` concatenated: ``hidden_states`` is transformers' tuple
+        (embeddings, then each layer's output; the last entry has the final norm applied)."""
+        return torch.cat([hidden_states[i + 1] for i in self.feature_layers], dim=-1)
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +108,10 @@ class ARTarget:
             kw["position_ids"] = position_ids
         if attention_mask is not None:
             kw["attention_mask"] = attention_mask
+        if self.feature_layers:
+            kw["output_hidden_states"] = True
         out = self.model(input_ids=input_ids, **kw)
+        self.last_features = self.features_of(out.hidden_states)[0] if self.feature_layers else None
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return out.logits[0]
@@ -110,6 +129,13 @@ class TargetState:
         except TypeError:
             self.cache = DynamicCache()
         self.tokens: list[int] = []   # tokens whose keys/values are in the cache, in order
+        # the target's features at those tokens [length, F] when it keeps them (a feature-reading drafter)
+        self.features: Optional[torch.Tensor] = None
+
+    def _add_features(self):
+        f = self.target.last_features
+        if f is not None:
+            self.features = f if self.features is None else torch.cat([self.features, f])
 
     @property
     def length(self) -> int:
@@ -123,6 +149,7 @@ class TargetState:
         ids = [int(t) for t in ids]
         logits = self.target.run(self._tensor(ids), self.cache)
         self.tokens.extend(ids)
+        self._add_features()
         return logits
 
     def extend_tree(self, ids, parents) -> torch.Tensor:
@@ -149,6 +176,7 @@ class TargetState:
         pos = torch.tensor([[past + d - 1 for d in depth]], dtype=torch.long, device=dev)
         logits = self.target.run(self._tensor(ids), self.cache, position_ids=pos, attention_mask=mask)
         self.tokens.extend(int(t) for t in ids)
+        self._add_features()
         return logits
 
     def crop(self, length: int):
@@ -156,6 +184,8 @@ class TargetState:
         if length < self.length:
             self.cache.crop(length - self.length)   # negative = tokens to drop (transformers 4.x and 5.x)
             del self.tokens[length:]
+            if self.features is not None:
+                self.features = self.features[:length]
 
     def keep(self, start: int, offsets):
         """Keep cached tokens [0, start) followed by those at ``start + o`` for each offset (in order)."""
@@ -169,6 +199,8 @@ class TargetState:
             layer.keys = layer.keys.index_select(-2, idx)
             layer.values = layer.values.index_select(-2, idx)
         self.tokens = [self.tokens[i] for i in idx.tolist()]
+        if self.features is not None:
+            self.features = self.features.index_select(0, idx)
 
 
 def load_causal_lm(path_or_id: str, device: str = "cpu", dtype=None, name: Optional[str] = None) -> ARTarget:

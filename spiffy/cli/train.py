@@ -35,7 +35,8 @@ def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, res
     try:
         if device != "auto":
             check_device(device)
-        if json.loads(Path(recipe).read_text()).get("kind") == "dllm-adapt":
+        kind = json.loads(Path(recipe).read_text()).get("kind")
+        if kind in ("dllm-adapt", "block-drafter"):
             return _adapt(recipe, data_dir, out, max_minutes, device, variant, log_path, restart, max_steps)
         summary = train(recipe, data_dir=data_dir, out=out, max_minutes=max_minutes, device=device,
                         log_path=log_path, resume_from=resume_from, start_stage=start_stage, variant=variant)
@@ -45,7 +46,8 @@ def train_cmd(recipe, data_dir, out, max_minutes, device, variant, log_path, res
 
 
 def _adapt(recipe_path, data_dir, out, max_minutes, device, variant, log_path, restart, max_steps):
-    """Recipe kind ``dllm-adapt``: a LoRA adapter that turns a named causal LM into a diffusion LM."""
+    """Recipe kinds that start from a named model: ``dllm-adapt`` (a LoRA adapter that turns a causal LM into a
+    diffusion LM) and ``block-drafter`` (a drafter that reads an AR target's hidden states)."""
     import torch
 
     from ..datasets import resolve_data_dir
@@ -57,6 +59,15 @@ def _adapt(recipe_path, data_dir, out, max_minutes, device, variant, log_path, r
     if torch.device(device).type == "cpu" and r.get("threads"):
         torch.set_num_threads(int(r["threads"]))
     logger = Logger(Path(log_path) if log_path else None)
+    if r.get("kind") == "block-drafter":
+        from spiffy_train.block_drafter import train_block_drafter
+
+        s = train_block_drafter(r, resolve_data_dir(data_dir), Path(out or Path("models") / r["name"]), device,
+                                max_minutes, restart, log=lambda m: logger(message=m), max_steps=max_steps)
+        last = s["curve"][-1]
+        click.echo(f"saved {s['name']}: step {s['step']}, {s['train_hours']} h trained, held-out "
+                   f"{last['tokens_per_call']} tokens per target call, {s['drafter_mb']} MB")
+        return
     s = train_adapter(r, resolve_data_dir(data_dir), Path(out or Path("models") / r["name"]), device, max_minutes,
                       restart, log=lambda m: logger(message=m) if isinstance(m, str) else logger(**m),
                       max_steps=max_steps)

@@ -1,0 +1,203 @@
+"""The runtime of a feature-reading block drafter (:mod:`spiffy.ar.block_model`) for an AR target.
+
+Attached to a :class:`~spiffy.ar.target.TargetState`, it reads the target's features at the committed
+positions (the target keeps them beside its KV cache, computed by the verification forwards: no extra
+target call) and keeps its own per-layer context keys/values for them (:class:`ContextCache`), extended with
+each committed token and cut back to the longest common prefix when the target's committed text changes.
+
+A draft is one drafter forward: the block is the pending token (the anchor) and any tokens already chosen
+after it (a re-drafted branch), then mask slots; every slot gets its own distribution, which is what exact
+speculative sampling and best-first trees need.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..sampling.noise import step_generator
+from .block_model import BlockDrafterModel, target_fingerprint
+from .drafter import Draft
+
+
+def check_fit(model: BlockDrafterModel, target) -> None:
+    """A drafter trained for another target (hidden size, depth, vocabulary, weights) is refused."""
+    c = model.cfg
+    emb = target.model.get_input_embeddings().weight
+    head = target.model.get_output_embeddings().weight
+    problems = []
+    if c.target_hidden != target.hidden_size:
+        problems.append(f"hidden size {c.target_hidden} != {target.hidden_size}")
+    if c.vocab_size != head.shape[0]:
+        problems.append(f"vocabulary {c.vocab_size} != {head.shape[0]}")
+    if c.target_num_layers != target.num_layers or max(c.target_layers, default=0) >= target.num_layers:
+        problems.append(f"{c.target_num_layers} layers (reads {c.target_layers}) != {target.num_layers}")
+    if c.hidden_size != emb.shape[1]:
+        problems.append(f"drafter width {c.hidden_size} != the target's embedding width {emb.shape[1]}")
+    if not problems and c.target_fingerprint and c.target_fingerprint != target_fingerprint(emb, head):
+        problems.append("the target's embedding/head weights differ from the ones it was trained with")
+    if problems:
+        raise ConfigError(f"this block drafter was trained for {c.target!r}, not for {target.name!r}: "
+                          + "; ".join(problems))
+
+
+class ContextCache:
+    """Per-layer keys/values of the drafter's context, for the committed tokens in ``tokens``."""
+
+    def __init__(self):
+        self.tokens: list = []
+        self.kv: Optional[list] = None     # [(k [1, C, kvh, D], v)] per layer
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def crop(self, n: int):
+        if n < len(self.tokens):
+            del self.tokens[n:]
+            self.kv = [(k[:, :n], v[:, :n]) for k, v in self.kv] if n > 0 else None
+
+    def extend(self, tokens: list, kv: list):
+        self.tokens.extend(int(t) for t in tokens)
+        self.kv = kv if self.kv is None else [(torch.cat([k0, k1], 1), torch.cat([v0, v1], 1))
+                                              for (k0, v0), (k1, v1) in zip(self.kv, kv)]
+
+
+class BlockDrafter:
+    """Drafts a block of ``model.cfg.block - 1`` tokens per forward for ``target`` from its features."""
+
+    kind = "block"
+
+    def __init__(self, model: BlockDrafterModel, target, temperature: float = 0.0, name: Optional[str] = None):
+        check_fit(model, target)
+        self.model = model.eval()
+        self.model.bind(target.model.get_input_embeddings().weight, target.model.get_output_embeddings().weight)
+        self.target = target
+        target.feature_layers = tuple(int(i) for i in model.cfg.target_layers)
+        self.temperature = float(temperature)
+        self.block = int(model.cfg.block)
+        self.cache = ContextCache()
+        self.state = None
+        self._name = name or model.cfg.target + "-drafter"
+        self.calls = 0
+        self.seconds = 0.0
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def max_draft(self) -> int:
+        return self.block - 1
+
+    def reset(self):
+        self.cache = ContextCache()
+        self.state = None
+
+    def attach(self, state):
+        """Read features from ``state`` (a TargetState of this drafter's target) from now on."""
+        if state.target is not self.target:
+            raise ConfigError("the block drafter reads the features of the target it was built with")
+        self.reset()
+        self.state = state
+
+    def context_from_scratch(self, tokens: list, features: torch.Tensor) -> ContextCache:
+        """A cache built in one go for ``tokens`` and their target ``features`` [C, F] (what the incremental
+        cache must equal)."""
+        cache = ContextCache()
+        if tokens:
+            cache.extend(tokens, self._kv(features, 0))
+        return cache
+
+    def _kv(self, features: torch.Tensor, start: int) -> list:
+        m = self.model
+        dev = m.fc.weight.device
+        pos = torch.arange(start, start + features.shape[0], device=dev)[None]
+        return m.context_kv(m.project(features.to(dev)[None]), pos)
+
+    @torch.no_grad()
+    def sync(self):
+        """Bring the context cache to the target's committed tokens: cut back to the common prefix, then
+        extend with the features of the tokens after it."""
+        st = self.state
+        if st is None:
+            raise RuntimeError("attach the drafter to the target's state first")
+        common = 0
+        for a, b in zip(self.cache.tokens, st.tokens):
+            if a != b:
+                break
+            common += 1
+        self.cache.crop(common)
+        if st.length > common:
+            if st.features is None or st.features.shape[0] != st.length:
+                raise RuntimeError("the target did not keep its features (was the drafter built with it?)")
+            self.cache.extend(st.tokens[common:], self._kv(st.features[common:], common))
+
+    @torch.no_grad()
+    def block_logits(self, known: list) -> torch.Tensor:
+        """Logits [B, block, V] for rows of ``known`` tokens (the anchor first) placed at the block's start
+        after the current context, the rest of the block masked."""
+        m = self.model
+        dev = m.fc.weight.device
+        C = len(self.cache)
+        B, N = len(known), self.block
+        toks = torch.zeros(B, N, dtype=torch.long, device=dev)
+        masked = torch.ones(B, N, dtype=torch.bool, device=dev)
+        for b, row in enumerate(known):
+            if not 1 <= len(row) <= N - 1:
+                raise ConfigError(f"a block of {N} holds 1..{N - 1} known tokens (got {len(row)})")
+            toks[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=dev)
+            masked[b, : len(row)] = False
+        pos = (C + torch.arange(N, device=dev))[None].expand(B, -1)
+        if self.cache.kv is None:
+            hd, kvh = m.cfg.head_dim, m.cfg.num_kv_heads
+            empty = torch.zeros(B, 0, kvh, hd, device=dev, dtype=m.fc.weight.dtype)
+            kv = [(empty, empty)] * len(m.layers)
+        else:
+            kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.cache.kv]
+        return m.logits(m.hidden(toks, masked, pos, kv))
+
+    @torch.no_grad()
+    def draft_batch(self, prefixes: list, gammas: list, seed: int = 0, sample: bool = False) -> list:
+        """Draft after each prefix (the committed text, then any tokens already chosen): one forward for all
+        rows. Sampled drafts draw every slot from its own distribution with noise keyed by (seed, prefix
+        length)."""
+        t0 = time.perf_counter()
+        self.sync()
+        C = len(self.cache)
+        known = []
+        for p, g in zip(prefixes, gammas):
+            if g < 1:
+                raise ConfigError(f"draft length must be >= 1 (got {g})")
+            if len(p) <= C:
+                raise ConfigError("a prefix must extend the target's committed text by the pending token")
+            known.append([int(t) for t in p[C:]])
+        logits = self.block_logits(known).to(torch.float64)
+        V = self.target.vocab_size
+        out = []
+        for b, (row, g) in enumerate(zip(known, gammas)):
+            n = min(g, self.block - len(row))
+            lg = logits[b, len(row): len(row) + n, :V]
+            t = self.temperature if sample and self.temperature > 0 else 1.0
+            q = torch.softmax(lg / t, dim=-1)
+            if sample and self.temperature > 0:
+                gen = step_generator(seed, len(prefixes[b]), 0, q.device)
+                toks = torch.multinomial(q, 1, generator=gen)[:, 0]
+            else:
+                toks = q.argmax(-1)
+            conf = q.gather(1, toks[:, None])[:, 0]
+            out.append(Draft(toks.tolist(), q, conf))
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
+        return self.draft_batch([list(prefix)], [gamma], seed, sample)[0]
+
+
+def load_block_drafter(path, target, temperature: float = 0.0) -> BlockDrafter:
+    from pathlib import Path
+
+    model = BlockDrafterModel.load(path, device=target.device, dtype=target.dtype)
+    return BlockDrafter(model, target, temperature, name=Path(str(path)).name)

@@ -1,0 +1,201 @@
+"""The feature-reading block drafter (DFlash-style) for an AR target: lossless in every strategy, its feature
+cache equal to one rebuilt from scratch, exact speculative sampling (chain and best-first tree), refusal of a
+drafter trained for another target, and best-first trees that hold the most likely prefixes."""
+import itertools
+import warnings
+
+import pytest
+import torch
+
+from spiffy.ar import generate_ar
+from spiffy.ar.best_first import best_first_tree
+from spiffy.ar.block_drafter import BlockDrafter
+from spiffy.ar.decode import hf_generate
+from spiffy.errors import ConfigError
+from tests.ar_fixtures import tiny_target
+from tests.block_fixtures import greedy_rows, tiny_drafter_model, trained_tiny_drafter
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tgt = tiny_target(vocab=64, seed=1)
+    return tgt, trained_tiny_drafter(tgt)
+
+
+STRATEGIES = {"chain": dict(draft_length=4), "best-first": dict(draft_length=4, tree_nodes=8),
+              "redraft": dict(draft_length=4, tree=2), "adaptive": dict(adaptive=True, min_draft=2, max_draft=4),
+              "short-gamma": dict(draft_length=2)}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_greedy_identical_to_transformers_generate(pair, name):
+    tgt, m = pair
+    d = BlockDrafter(m, tgt)
+    accepted = 0
+    for k, row in enumerate(greedy_rows(tgt, 4, 5, 1, seed=11)):
+        p = row["prompt"]
+        ref = hf_generate(tgt, p, 24)
+        r = generate_ar(tgt, d, p, max_new_tokens=24, gate=0.0, **STRATEGIES[name])
+        assert r.token_ids == ref, (name, k)
+        assert r.strategy.startswith("diffusion")
+        accepted += sum(r.accepted)
+    assert accepted > 0   # the drafts are accepted sometimes: the paths above were exercised
+
+
+def test_drafting_reads_the_target_features(pair):
+    """The drafts depend on the target's features: zeroed context features give other drafts."""
+    tgt, m = pair
+    d = BlockDrafter(m, tgt)
+    st = tgt.new_state()
+    d.attach(st)
+    st.extend([3, 4, 5, 6, 7])
+    a = d.draft([3, 4, 5, 6, 7, 8], 4).q
+    st.features = torch.zeros_like(st.features)
+    d.cache = type(d.cache)()
+    b = d.draft([3, 4, 5, 6, 7, 8], 4).q
+    assert not torch.allclose(a, b)
+
+
+def _full_features(tgt, tokens):
+    with torch.no_grad():
+        out = tgt.model(torch.tensor([tokens]), output_hidden_states=True)
+    return tgt.features_of(out.hidden_states)[0]
+
+
+@pytest.mark.parametrize("kw", [dict(draft_length=4), dict(draft_length=4, tree_nodes=8)], ids=["chain", "tree"])
+def test_feature_cache_equals_rebuilt(pair, kw):
+    """After rounds of accepts and rejects (crop for chains, gather for trees) the target's kept features and
+    the drafter's context cache equal those rebuilt from scratch on the committed text."""
+    tgt, m = pair
+    d = BlockDrafter(m, tgt)
+    p = greedy_rows(tgt, 1, 5, 1, seed=5)[0]["prompt"]
+    r = generate_ar(tgt, d, p, max_new_tokens=20, gate=0.0, **kw)
+    assert any(0 < a < n for a, n in zip(r.accepted, r.drafted))   # some round was cut back
+    st = d.state
+    committed = (p + r.token_ids)[: st.length]
+    assert st.tokens == committed
+    assert torch.allclose(st.features, _full_features(tgt, committed), atol=1e-9)
+    d.sync()
+    fresh = d.context_from_scratch(committed, _full_features(tgt, committed))
+    assert d.cache.tokens == fresh.tokens
+    for (k0, v0), (k1, v1) in zip(d.cache.kv, fresh.kv):
+        assert torch.allclose(k0, k1, atol=1e-9) and torch.allclose(v0, v1, atol=1e-9)
+
+
+def test_cache_cut_back_when_the_committed_text_changes(pair):
+    tgt, m = pair
+    d = BlockDrafter(m, tgt)
+    st = tgt.new_state()
+    d.attach(st)
+    st.extend([1, 2, 3, 4, 5, 6])
+    d.sync()
+    assert len(d.cache) == 6
+    st.crop(3)
+    st.extend([9, 9])
+    d.sync()
+    fresh = d.context_from_scratch(st.tokens, _full_features(tgt, st.tokens))
+    assert d.cache.tokens == [1, 2, 3, 9, 9]
+    for (k0, _), (k1, _) in zip(d.cache.kv, fresh.kv):
+        assert torch.allclose(k0, k1, atol=1e-9)
+
+
+def test_drafter_for_another_target_is_refused(pair, tmp_path):
+    tgt, m = pair
+    wider = tiny_target(vocab=64, seed=1, layers=2)
+    wider.model.config.hidden_size = 48          # a model of another width
+    with pytest.raises(ConfigError, match="trained for"):
+        BlockDrafter(tiny_drafter_model(tgt), wider)
+    other_vocab = tiny_target(vocab=80, seed=1, tokenizer=None)
+    with pytest.raises(ConfigError, match="vocabulary"):
+        BlockDrafter(tiny_drafter_model(tgt), other_vocab)
+    same_shape = tiny_target(vocab=64, seed=2)
+    with pytest.raises(ConfigError, match="weights differ"):
+        BlockDrafter(tiny_drafter_model(tgt), same_shape)
+
+
+def test_save_load_round_trip(pair, tmp_path):
+    from spiffy.ar.block_model import BlockDrafterModel
+    from spiffy.ar.pair import load_drafter_model, make_drafter
+
+    tgt, m = pair
+    m.save(tmp_path / "d", dtype=torch.float64)
+    loaded = load_drafter_model(str(tmp_path / "d"), dtype="float64")
+    assert isinstance(loaded, BlockDrafterModel)
+    d = make_drafter(loaded, tgt)
+    p = [3, 1, 4, 1, 5]
+    a = generate_ar(tgt, BlockDrafter(m, tgt), p, max_new_tokens=12, gate=0.0)
+    b = generate_ar(tgt, d, p, max_new_tokens=12, gate=0.0)
+    assert a.token_ids == b.token_ids and a.accepted == b.accepted
+    with pytest.raises(ConfigError, match="one forward"):
+        make_drafter(loaded, tgt, steps=2)
+
+
+def test_best_first_tree_holds_the_most_likely_prefixes():
+    torch.manual_seed(0)
+    q = torch.softmax(torch.randn(4, 5) * 2, -1)
+    budget = 11
+    tree, best = best_first_tree(q, budget, width=5)
+    assert best == q.argmax(-1).tolist()
+    paths = set()
+    for j in range(len(tree)):
+        path = tuple(tree.tokens[i] for i in tree.path_to(j))
+        paths.add(path)
+        assert tree.parents[j] < j
+    score = {}
+    for d in range(1, 5):
+        for pre in itertools.product(range(5), repeat=d):
+            score[pre] = float(sum(torch.log(q[i, t]) for i, t in enumerate(pre)))
+    top = sorted(score, key=lambda k: -score[k])[:budget]
+    assert len(paths) == budget
+    assert sorted(score[p] for p in paths) == pytest.approx(sorted(score[p] for p in top))
+    stop_tree, _ = best_first_tree(q, budget, stop_ids=[int(q[0].argmax())], width=5)
+    first = int(q[0].argmax())
+    assert all(stop_tree.tokens[stop_tree.parents[j]] != first for j in range(len(stop_tree))
+               if stop_tree.parents[j] >= 0)
+
+
+# ------------------------------------------------------------------ exact speculative sampling (chi-square)
+V, NEW, PROMPT, TEMP, N = 3, 3, [0, 2, 1], 1.0, 300
+
+
+@pytest.fixture(scope="module")
+def small():
+    tgt = tiny_target(vocab=V, seed=3, stop_ids=[], scale=2.0, tokenizer=None)
+    m = tiny_drafter_model(tgt, block=4, seed=2)
+    with torch.no_grad():
+        m.norm.weight.mul_(30.0)   # a random drafter is near uniform: make its q clearly unlike the target's p
+    return tgt, m
+
+
+@pytest.mark.parametrize("kw", [dict(draft_length=2), dict(draft_length=2, drafter_temperature=0.2),
+                                dict(draft_length=3, tree_nodes=4)], ids=["chain", "chain-sharp-q", "tree"])
+def test_sampling_matches_target_distribution(small, kw):
+    from tests.test_ar_sampling import exact_distribution, pvalue
+
+    tgt, m = small
+    d = BlockDrafter(m, tgt, temperature=kw.pop("drafter_temperature", TEMP))
+    probs = exact_distribution(tgt)
+    counts = {}
+    for s in range(N):
+        r = generate_ar(tgt, d, PROMPT, max_new_tokens=NEW, temperature=TEMP, seed=s, gate=0.0, **kw)
+        counts[tuple(r.token_ids)] = counts.get(tuple(r.token_ids), 0) + 1
+    p = pvalue(counts, probs, N)
+    assert p > 1e-3
+    again = generate_ar(tgt, d, PROMPT, max_new_tokens=NEW, temperature=TEMP, seed=4, gate=0.0, **kw).token_ids
+    assert again == generate_ar(tgt, d, PROMPT, max_new_tokens=NEW, temperature=TEMP, seed=4, gate=0.0,
+                                **kw).token_ids
+
+
+def test_broken_acceptance_is_caught(small):
+    from tests.test_ar_sampling import exact_distribution, pvalue
+
+    tgt, m = small
+    d = BlockDrafter(m, tgt, temperature=0.2)   # drafts from a sharpened q: accepting them all is visibly wrong
+    counts = {}
+    for s in range(N):
+        r = generate_ar(tgt, d, PROMPT, max_new_tokens=NEW, temperature=TEMP, seed=s, gate=0.0, draft_length=2,
+                        accept_rule="always")
+        counts[tuple(r.token_ids)] = counts.get(tuple(r.token_ids), 0) + 1
+    assert pvalue(counts, exact_distribution(tgt), N) < 1e-3
