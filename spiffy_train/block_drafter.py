@@ -72,7 +72,7 @@ def init_from_target(model: BlockDrafterModel, target) -> None:
 
 
 @torch.no_grad()
-def compute_features(target, rows: list, batch: int, log=print) -> list:
+def compute_features(target, layers, rows: list, batch: int, log=print) -> list:
     """The target's features at every position of prompt + answer, per row (bf16 to halve the memory).
     Rows of a batch are right-padded: the target is causal, so padding after a row changes nothing in it."""
     feats = [None] * len(rows)
@@ -89,7 +89,7 @@ def compute_features(target, rows: list, batch: int, log=print) -> list:
             x[j, : len(q)] = torch.tensor(q)
             att[j, : len(q)] = 1
         out = target.model(input_ids=x.to(dev), attention_mask=att.to(dev), output_hidden_states=True, use_cache=False)
-        f = target.features_of(out.hidden_states)
+        f = target.features_of(out.hidden_states, layers)
         for j, i in enumerate(idx):
             feats[i] = f[j, : len(seqs[j])].to(torch.bfloat16).cpu()
         if (s // batch) % 20 == 0:
@@ -208,8 +208,8 @@ def prepare(recipe: dict, target, data_dir: Path, log=print) -> tuple:
     rows = generate_answers(target.model, target.tokenizer, prompts, cache / "answers.jsonl", a["max_prompt"],
                             a["max_new_tokens"], a["batch"], target.stop_ids, log)
     rows = [r for r in rows if len(r["answer"]) >= 2]
-    target.feature_layers = tuple(recipe["drafter"]["target_layers"])
-    fpath = cache / f"features-{'-'.join(map(str, target.feature_layers))}.pt"
+    layers = tuple(recipe["drafter"]["target_layers"])
+    fpath = cache / f"features-{'-'.join(map(str, layers))}.pt"
     ids = [r["id"] for r in rows]
     feats = None
     if fpath.exists():
@@ -217,7 +217,7 @@ def prepare(recipe: dict, target, data_dir: Path, log=print) -> tuple:
         if saved.get("ids") == ids:
             feats = saved["features"]
     if feats is None:
-        feats = compute_features(target, rows, int(recipe.get("feature_batch", 8)), log)
+        feats = compute_features(target, layers, rows, int(recipe.get("feature_batch", 8)), log)
         from spiffy.atomic import atomic_write_bytes
 
         buf = io.BytesIO()

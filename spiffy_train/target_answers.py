@@ -45,6 +45,9 @@ def training_prompts(data_dir, sources: dict, seed: int = 0) -> list[dict]:
 
 
 def chat_ids(tok, text: str) -> list:
+    """The prompt as the target sees it in decoding: its chat template (plain text without one)."""
+    if not getattr(tok, "chat_template", None):
+        return tok(text, add_special_tokens=False)["input_ids"]
     ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 

@@ -40,10 +40,9 @@ def greedy_rows(tgt, n: int, prompt_len: int, new: int, seed: int = 0) -> list:
 def trained_tiny_drafter(tgt, steps: int = 150, block: int = 5, seed: int = 0) -> BlockDrafterModel:
     from spiffy_train.block_drafter import block_loss, compute_features, make_batch
 
-    tgt.feature_layers = (0, 1)
     m = tiny_drafter_model(tgt, block=block, seed=seed)
     rows = greedy_rows(tgt, 24, 6, 20, seed)
-    feats = [f.to(tgt.dtype) for f in compute_features(tgt, rows, 8, log=lambda *_: None)]
+    feats = [f.to(tgt.dtype) for f in compute_features(tgt, (0, 1), rows, 8, log=lambda *_: None)]
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):

@@ -48,7 +48,7 @@ def test_drafting_reads_the_target_features(pair):
     """The drafts depend on the target's features: zeroed context features give other drafts."""
     tgt, m = pair
     d = BlockDrafter(m, tgt)
-    st = tgt.new_state()
+    st = tgt.new_state(d.feature_layers)
     d.attach(st)
     st.extend([3, 4, 5, 6, 7])
     a = d.draft([3, 4, 5, 6, 7, 8], 4).q
@@ -61,7 +61,7 @@ def test_drafting_reads_the_target_features(pair):
 def _full_features(tgt, tokens):
     with torch.no_grad():
         out = tgt.model(torch.tensor([tokens]), output_hidden_states=True)
-    return tgt.features_of(out.hidden_states)[0]
+    return tgt.features_of(out.hidden_states, (0, 1))[0]
 
 
 @pytest.mark.parametrize("kw", [dict(draft_length=4), dict(draft_length=4, tree_nodes=8)], ids=["chain", "tree"])
@@ -87,7 +87,7 @@ def test_feature_cache_equals_rebuilt(pair, kw):
 def test_cache_cut_back_when_the_committed_text_changes(pair):
     tgt, m = pair
     d = BlockDrafter(m, tgt)
-    st = tgt.new_state()
+    st = tgt.new_state(d.feature_layers)
     d.attach(st)
     st.extend([1, 2, 3, 4, 5, 6])
     d.sync()
@@ -199,3 +199,87 @@ def test_broken_acceptance_is_caught(small):
                         accept_rule="always")
         counts[tuple(r.token_ids)] = counts.get(tuple(r.token_ids), 0) + 1
     assert pvalue(counts, exact_distribution(tgt), N) < 1e-3
+
+
+# ------------------------------------------------------------------ CLI: sample and bench with a block drafter
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("block-cli")
+    t = tiny_target(dtype=torch.float32)
+    t.model.save_pretrained(d / "target")
+    t.tokenizer.save_pretrained(d / "target")
+    trained_tiny_drafter(t, steps=60).save(d / "drafter", dtype=torch.float32)
+    return d / "target", d / "drafter"
+
+
+def test_cli_sample_and_bench_with_block_drafter(dirs, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from spiffy.ar import load_causal_lm
+    from spiffy.cli import main
+
+    target, drafter = dirs
+    r = CliRunner().invoke(main, ["sample", "--target", str(target), "--drafter", str(drafter), "--prompt", "hello",
+                                  "--raw", "--gen-length", "12", "--json"])
+    assert r.exit_code == 0, r.output
+    line = [x for x in r.output.splitlines() if '{"model"' in x][-1]
+    out = json.loads(line[line.index('{"model"'):])
+    assert out["token_ids"] == hf_generate(load_causal_lm(str(target)), out["prompt_ids"], 12)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "abc"}\n{"prompt": "what is 1+1?"}\n')
+    r = CliRunner().invoke(main, ["bench", "--mode", "ar", "--target", str(target), "--block-drafter", str(drafter),
+                                  "--strategies", "diffusion,diffusion+tree,diffusion+adaptive,diffusion+redraft",
+                                  "--tree-nodes", "6", "--dataset", str(prompts), "--gen-length", "10", "--raw",
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "out" / "bench.json").read_text())
+    names = {row["strategy"] for row in res["rows"]}
+    assert names == {"plain", "hf_generate", "diffusion", "diffusion+tree", "diffusion+adaptive", "diffusion+redraft"}
+    assert all(row["identical_rate"] == 1.0 for row in res["rows"])
+    assert res["args"]["configs"]["diffusion+tree"]["tree_nodes"] == 6
+    r = CliRunner().invoke(main, ["bench", "--mode", "ar", "--target", str(target), "--strategies", "diffusion",
+                                  "--dataset", str(prompts), "--raw", "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "--block-drafter" in r.output
+
+
+def test_train_recipe_end_to_end_and_resume(tmp_path, monkeypatch):
+    """`spiffy train --recipe` of kind block-drafter on a tiny target: answers, features, a few steps, an
+    exported folder that loads as a drafter for that target; a second run continues the saved state."""
+    import json
+
+    from click.testing import CliRunner
+
+    from spiffy.ar import load_causal_lm
+    from spiffy.ar.pair import load_drafter_model, make_drafter
+    from spiffy.cli import main
+
+    monkeypatch.setenv("SPIFFY_CACHE", str(tmp_path / "cache"))
+    t = tiny_target(dtype=torch.float32)
+    t.model.save_pretrained(tmp_path / "target")
+    t.tokenizer.save_pretrained(tmp_path / "target")
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    rows = [{"question": f"what is {i} and {i + 1}?", "answer": "x"} for i in range(8)]
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {"name": "tiny-drafter", "kind": "block-drafter", "target": str(tmp_path / "target"), "seed": 0,
+              "answers": {"sources": {"gsm8k": 8}, "heldout": 2, "max_prompt": 64, "max_new_tokens": 12, "batch": 4},
+              "drafter": {"layers": 1, "block": 4, "target_layers": [0, 1]}, "threads": 1, "steps": 4,
+              "batch_size": 2, "anchors": 2, "lr": 1e-3, "warmup": 1, "save_dtype": "fp32",
+              "eval": {"every_minutes": 100}, "log_every": 1, "checkpoint_minutes": 100}
+    rp = tmp_path / "r.json"
+    rp.write_text(json.dumps(recipe))
+    out = tmp_path / "out"
+    args = ["train", "--recipe", str(rp), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    r = CliRunner().invoke(main, args + ["--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    tr = json.loads((out / "training.json").read_text())
+    assert tr["step"] == 2 and tr["heldout_rows"] == 2 and (out / "README.md").exists()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    tr = json.loads((out / "training.json").read_text())
+    assert tr["step"] == 4 and [x["start_step"] for x in tr["runs"]] == [0, 2]
+    tgt = load_causal_lm(str(tmp_path / "target"))
+    d = make_drafter(load_drafter_model(str(out)), tgt)
+    p = tgt.encode_prompt("what is 3 and 4?")
+    assert generate_ar(tgt, d, p, max_new_tokens=8).token_ids == hf_generate(tgt, p, 8)

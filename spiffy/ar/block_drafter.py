@@ -74,7 +74,7 @@ class BlockDrafter:
         self.model = model.eval()
         self.model.bind(target.model.get_input_embeddings().weight, target.model.get_output_embeddings().weight)
         self.target = target
-        target.feature_layers = tuple(int(i) for i in model.cfg.target_layers)
+        self.feature_layers = tuple(int(i) for i in model.cfg.target_layers)
         self.temperature = float(temperature)
         self.block = int(model.cfg.block)
         self.cache = ContextCache()
@@ -99,6 +99,9 @@ class BlockDrafter:
         """Read features from ``state`` (a TargetState of this drafter's target) from now on."""
         if state.target is not self.target:
             raise ConfigError("the block drafter reads the features of the target it was built with")
+        if state.feature_layers != self.feature_layers:
+            raise ConfigError(f"the target's state keeps the features of layers {state.feature_layers}, the "
+                              f"drafter reads {self.feature_layers}: make it with new_state(drafter.feature_layers)")
         self.reset()
         self.state = state
 

@@ -273,7 +273,7 @@ def generate_ar(target, drafter=None, prompt: Union[str, list] = "", config: Opt
     d_calls, d_s = (drafter.calls, drafter.seconds) if drafter is not None else (0, 0.0)
 
     t0 = time.perf_counter()
-    state = target.new_state()
+    state = target.new_state(getattr(drafter, "feature_layers", None))
     if hasattr(drafter, "attach"):
         drafter.attach(state)   # a drafter that reads the target's features at the committed positions
     if len(ids) > 1:

@@ -45,9 +45,7 @@ class ARTarget:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.calls = 0
         self.seconds = 0.0
-        # target layers whose outputs a feature-reading drafter consumes (None: no features kept)
-        self.feature_layers: Optional[tuple] = None
-        self.last_features: Optional[torch.Tensor] = None
+        self.last_features: Optional[torch.Tensor] = None   # of the last run that asked for features
 
     @property
     def num_layers(self) -> int:
@@ -57,10 +55,11 @@ class ARTarget:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def features_of(self, hidden_states) -> torch.Tensor:
-        """The outputs of :attr:`feature_layers` concatenated: ``hidden_states`` is transformers' tuple
+    @staticmethod
+    def features_of(hidden_states, layers) -> torch.Tensor:
+        """The outputs of target ``layers`` concatenated: ``hidden_states`` is transformers' tuple
         (embeddings, then each layer's output; the last entry has the final norm applied)."""
-        return torch.cat([hidden_states[i + 1] for i in self.feature_layers], dim=-1)
+        return torch.cat([hidden_states[i + 1] for i in layers], dim=-1)
 
     @property
     def device(self) -> torch.device:
@@ -74,8 +73,10 @@ class ARTarget:
     def eos_id(self) -> Optional[int]:
         return self.stop_ids[0] if self.stop_ids else None
 
-    def new_state(self) -> "TargetState":
-        return TargetState(self)
+    def new_state(self, feature_layers=None) -> "TargetState":
+        """A decoding session; with ``feature_layers`` it also keeps those layers' outputs at every cached
+        token (what a feature-reading drafter consumes)."""
+        return TargetState(self, feature_layers)
 
     def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
         tok = self.tokenizer
@@ -100,18 +101,20 @@ class ARTarget:
         return self.tokenizer.decode(out, skip_special_tokens=True)
 
     @torch.no_grad()
-    def run(self, input_ids: torch.Tensor, cache, position_ids=None, attention_mask=None) -> torch.Tensor:
-        """One forward over ``input_ids`` [1, T] appended to ``cache``; returns logits [T, V]."""
+    def run(self, input_ids: torch.Tensor, cache, position_ids=None, attention_mask=None,
+            feature_layers=None) -> torch.Tensor:
+        """One forward over ``input_ids`` [1, T] appended to ``cache``; returns logits [T, V]. With
+        ``feature_layers``, those layers' outputs [T, F] are left in :attr:`last_features`."""
         t0 = time.perf_counter()
         kw = {self._cache_kw: cache, "use_cache": True}
         if position_ids is not None:
             kw["position_ids"] = position_ids
         if attention_mask is not None:
             kw["attention_mask"] = attention_mask
-        if self.feature_layers:
+        if feature_layers:
             kw["output_hidden_states"] = True
         out = self.model(input_ids=input_ids, **kw)
-        self.last_features = self.features_of(out.hidden_states)[0] if self.feature_layers else None
+        self.last_features = self.features_of(out.hidden_states, feature_layers)[0] if feature_layers else None
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return out.logits[0]
@@ -120,10 +123,11 @@ class ARTarget:
 class TargetState:
     """One decoding session of an :class:`ARTarget`: the cache and the tokens it holds."""
 
-    def __init__(self, target: ARTarget):
+    def __init__(self, target: ARTarget, feature_layers=None):
         from transformers import DynamicCache
 
         self.target = target
+        self.feature_layers = tuple(int(i) for i in feature_layers) if feature_layers else None
         try:
             self.cache = DynamicCache(config=target.model.config)
         except TypeError:
@@ -134,7 +138,7 @@ class TargetState:
 
     def _add_features(self):
         f = self.target.last_features
-        if f is not None:
+        if self.feature_layers:
             self.features = f if self.features is None else torch.cat([self.features, f])
 
     @property
@@ -147,7 +151,7 @@ class TargetState:
     def extend(self, ids) -> torch.Tensor:
         """Append a causal chain of tokens; logits [len(ids), V]."""
         ids = [int(t) for t in ids]
-        logits = self.target.run(self._tensor(ids), self.cache)
+        logits = self.target.run(self._tensor(ids), self.cache, feature_layers=self.feature_layers)
         self.tokens.extend(ids)
         self._add_features()
         return logits
@@ -174,7 +178,8 @@ class TargetState:
         mask = torch.zeros(1, 1, n, past + n, dtype=dt, device=dev)
         mask.masked_fill_(~allow[None, None], torch.finfo(dt).min)
         pos = torch.tensor([[past + d - 1 for d in depth]], dtype=torch.long, device=dev)
-        logits = self.target.run(self._tensor(ids), self.cache, position_ids=pos, attention_mask=mask)
+        logits = self.target.run(self._tensor(ids), self.cache, position_ids=pos, attention_mask=mask,
+                                 feature_layers=self.feature_layers)
         self.tokens.extend(int(t) for t in ids)
         self._add_features()
         return logits

@@ -12,7 +12,11 @@ strategy of this project decode the same prompt back to back. Strategies:
   over the candidates' lattice;
 - ``dllm``, ``path``, ``adaptive``, ``path+adaptive``, ``tree``: a diffusion drafter sharing the
   target's tokenizer (SpecDiff, DiffuSpec, D²SD);
-- ``ar``: a small AR drafter (classic speculative decoding).
+- ``ar``: a small AR drafter (classic speculative decoding);
+- ``diffusion``, ``diffusion+tree``, ``diffusion+adaptive``, ``diffusion+redraft``: a block drafter that
+  reads the target's hidden states (:mod:`spiffy.ar.block_drafter`, DFlash-style) as a chain, a best-first
+  tree of ``--tree-nodes`` nodes from its one pass (DDTree), with adaptive length, and with re-drafted
+  branches (D²SD-style, for comparison).
 
 Reported per strategy and dataset: tokens per target call (accepted drafts + the target's own token),
 target and drafter calls, tokens/s, the median and total wall-clock ratio against ``plain``, the rate
@@ -43,8 +47,13 @@ STRATEGIES = {
     "path+adaptive": ("dllm", dict(path_search=True, adaptive=True)),
     "tree": ("dllm", dict(tree=4)),
     "ar": ("ar", dict()),
+    "diffusion": ("block", dict()),
+    "diffusion+tree": ("block", dict(tree_nodes=1)),
+    "diffusion+adaptive": ("block", dict(adaptive=True)),
+    "diffusion+redraft": ("block", dict(tree=1)),
     "hf_prompt_lookup": ("hf", dict()),
 }
+BLOCK_DEFAULT = "diffusion,diffusion+tree,diffusion+adaptive,diffusion+redraft"
 DLLM_DEFAULT = "dllm,path,adaptive,path+adaptive,tree,ar"
 LOOKUP_DEFAULT = "ngram,ngram+nogate,ngram+adaptive,ngram+tree,ngram+path,hf_prompt_lookup"
 
@@ -80,7 +89,16 @@ def _hf_run(target, counter, ids, gen_length, lookup_tokens=None) -> dict:
     return {"tokens": toks, "wall_s": wall, "target_calls": calls, "rounds": max(1, calls)}
 
 
-def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_steps, extra_masks):
+def default_block_drafter(target_path) -> Optional[str]:
+    """The bundled block drafter trained for a named target, if this install has one."""
+    from ..named_models import spec_of
+
+    spec = spec_of(target_path) if target_path else None
+    name = getattr(spec, "block_drafter", None)
+    return name if name and (_MODELS / name / "config.json").exists() else None
+
+
+def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_steps, extra_masks, block_drafter=None):
     from ..ar.pair import load_drafter_model, make_drafter
     from ..backends import load_backend
 
@@ -93,12 +111,15 @@ def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_step
     if "ar" in kinds:
         apath = ar_drafter or str(_MODELS / "spiffy-ar-draft")
         out["ar"] = make_drafter(load_drafter_model(apath, device, dtype), target)
+    if "block" in kinds:
+        out["block"] = make_drafter(load_drafter_model(block_drafter, device, dtype), target)
     return out
 
 
 def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=8, ar_draft_length=4,
                  tree_branches=4, drafter_steps=1, min_draft=20, max_draft=30, lookup_min_draft=2,
                  lookup_max_draft=16, hf_lookup_tokens="3,10", ngram=None, extra_masks=0, model=None,
+                 block_drafter=None, tree_nodes=32, block_min_draft=4,
                  datasets=("gsm8k", "humaneval"), limit=10, data_dir=None, gen_length=256, out_dir=None, threads=None,
                  raw=False, device="cpu", dtype="auto", seed=0, temperature=0.0, echo=True, **_ignored) -> dict:
     """Run the AR-verifier benchmark; returns the result dict (also written to ``out_dir``)."""
@@ -118,19 +139,27 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
         torch.set_num_threads(threads)
     if temperature:
         raise ConfigError("the AR benchmark measures greedy decoding (identical-output rate); use --temperature 0")
+    block_drafter = block_drafter or default_block_drafter(ar_target)
     if strategies is None:
         named_default = default_drafter_name(ar_target) if ar_target else None
-        strategies = LOOKUP_DEFAULT if (named_default == "ngram" and model is None) else DLLM_DEFAULT
+        strategies = LOOKUP_DEFAULT if (named_default in ("ngram", block_drafter) and model is None) else DLLM_DEFAULT
+        if block_drafter:
+            strategies = BLOCK_DEFAULT + "," + strategies
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
         raise ConfigError(f"unknown strategies {unknown or strategies!r}: choose from {', '.join(STRATEGIES)}")
+    if any(STRATEGIES[s][0] == "block" for s in names) and not block_drafter:
+        raise ConfigError("the diffusion strategies need a block drafter trained for the target: pass --block-drafter "
+                          "PATH_OR_NAME (none is bundled for this target)")
+    if tree_nodes < 1 or block_min_draft < 1:
+        raise ConfigError(f"--tree-nodes and --block-min-draft must be >= 1 (got {tree_nodes}, {block_min_draft})")
     hf_ks = int_list(hf_lookup_tokens, "--hf-lookup-tokens") if "hf_prompt_lookup" in names else []
     sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before any model loads
     tpath = ar_target or str(_MODELS / "spiffy-ar-ref")
     target = load_causal_lm(tpath, device=device, dtype=dtype)
     drafters = _load_drafters({STRATEGIES[s][0] for s in names}, target, model, ar_drafter, device, dtype,
-                              drafter_steps, extra_masks)
+                              drafter_steps, extra_masks, block_drafter)
     ng = None
     if any(STRATEGIES[s][1].get("path_search") for s in names):
         ng = NGramModel.for_tokenizer(target.tokenizer, ngram)
@@ -148,6 +177,13 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
             kw["draft_length"] = ar_draft_length
         if kind == "ngram" and kw.get("adaptive"):
             kw.update(min_draft=lookup_min_draft, max_draft=lookup_max_draft)
+        if kind == "block":
+            top = drafters["block"].max_draft
+            kw["draft_length"] = min(draft_length, top) if not kw.get("tree_nodes") else top
+            if kw.get("tree_nodes"):
+                kw["tree_nodes"] = tree_nodes
+            if kw.get("adaptive"):
+                kw.update(min_draft=min(block_min_draft, top), max_draft=top)
         cfgs[s] = ARDecodeConfig(**{**base.to_dict(), **kw}).check()
     counter = _ForwardCounter(target.model)
 
@@ -193,7 +229,8 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
               "drafters": {k: d.name for k, d in drafters.items()},
               "args": {"datasets": list(datasets), "limit": limit, "gen_length": gen_length,
                        "draft_length": draft_length, "ar_draft_length": ar_draft_length,
-                       "tree_branches": tree_branches, "drafter_steps": drafter_steps, "extra_masks": extra_masks,
+                       "tree_branches": tree_branches, "tree_nodes": tree_nodes, "drafter_steps": drafter_steps,
+                       "extra_masks": extra_masks, "block_min_draft": block_min_draft,
                        "adaptive_bounds": [min_draft, max_draft],
                        "lookup_adaptive_bounds": [lookup_min_draft, lookup_max_draft], "hf_lookup_tokens": hf_ks,
                        "threads": torch.get_num_threads(), "strategies": names,

@@ -10,7 +10,7 @@ import json
 import click
 
 AR_SAMPLE_PARAMS = ("target", "drafter", "draft_length", "adaptive", "min_draft", "max_draft", "path_search", "tree",
-                    "drafter_steps", "gate")
+                    "tree_nodes", "drafter_steps", "gate")
 
 
 def ar_sample_options(f):
@@ -19,9 +19,10 @@ def ar_sample_options(f):
                      help="AR-verifier mode: a causal-LM target (checkpoint dir or hub id) whose output is kept "
                           "exactly; --drafter (default: --model) drafts for it."),
         click.option("--drafter", default=None,
-                     help="AR mode: `ngram` (model-free prompt lookup), a drafter checkpoint (a LLaDA/Dream dLLM, "
-                          "or a small causal LM for classic speculative decoding) [default: the best drafter for a "
-                          "named target (ngram for smollm2-135m-instruct), else --model, else the bundled dLLM]."),
+                     help="AR mode: `ngram` (model-free prompt lookup), a block drafter trained for the target "
+                          "(path or bundled name, e.g. spiffy-smollm2-drafter), a drafter checkpoint (a LLaDA/Dream "
+                          "dLLM, or a small causal LM for classic speculative decoding) [default: the best drafter for "
+                          "a named target, else --model, else the bundled dLLM]."),
         click.option("--draft-length", type=int, default=None, help="AR mode: draft length γ [default: 8]."),
         click.option("--adaptive", is_flag=True, help="AR mode: DiffuSpec adaptive draft length (γ in "
                                                       "[--min-draft, --max-draft])."),
@@ -32,6 +33,9 @@ def ar_sample_options(f):
                           "built for the target's tokenizer)."),
         click.option("--tree", type=int, default=0, show_default=True,
                      help="AR mode: D²SD draft tree with this many branches (0 = one chain)."),
+        click.option("--tree-nodes", type=int, default=0, show_default=True,
+                     help="AR mode: a best-first tree of this many nodes from one draft's per-slot distributions "
+                          "(DDTree; 0 = none)."),
         click.option("--drafter-steps", type=int, default=1, show_default=True,
                      help="AR mode: denoising steps of a dLLM drafter."),
         click.option("--gate", type=float, default=None,
@@ -45,7 +49,7 @@ def ar_sample_options(f):
 
 
 def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, draft_length, adaptive, min_draft,
-                  max_draft, path_search, tree, drafter_steps, gate, gen_length, temperature, seed, **_):
+                  max_draft, path_search, tree, tree_nodes, drafter_steps, gate, gen_length, temperature, seed, **_):
     from ..errors import ConfigError, SpiffyError
     from ..ar.decode import ARDecodeConfig, generate_ar
     from ..ar.pair import default_drafter_name, load_drafter_model, make_drafter
@@ -60,7 +64,7 @@ def run_ar_sample(target, drafter, model, prompt, device, dtype, raw, as_json, d
             raise ConfigError("give --draft-length or --adaptive, not both")
         cfg = ARDecodeConfig(max_new_tokens=gen_length, draft_length=8 if draft_length is None else draft_length,
                              adaptive=adaptive, min_draft=min_draft, max_draft=max_draft, path_search=path_search,
-                             tree=tree, drafter_steps=drafter_steps, temperature=temperature, seed=seed,
+                             tree=tree, tree_nodes=tree_nodes, drafter_steps=drafter_steps, temperature=temperature, seed=seed,
                              gate=gate).check()
         tgt = load_causal_lm(target, device=device, dtype=dtype)
         dsrc = drafter or model or default_drafter_name(target)

@@ -14,6 +14,13 @@ def ar_click_options() -> list:
                           "[default: models/spiffy-ar-ref]."),
         click.option("--ar-drafter", default=None,
                      help="[ar] Small AR drafter for the classic baseline [default: models/spiffy-ar-draft]."),
+        click.option("--block-drafter", default=None,
+                     help="[ar] Block drafter for the diffusion strategies (path or bundled name) [default: the one "
+                          "bundled for a named target, e.g. spiffy-smollm2-drafter]."),
+        click.option("--tree-nodes", type=int, default=32, show_default=True,
+                     help="[ar] Nodes of the best-first tree (diffusion+tree)."),
+        click.option("--block-min-draft", type=int, default=4, show_default=True,
+                     help="[ar] Adaptive γ lower bound (block drafter; the upper bound is its block)."),
         click.option("--strategies", default=None,
                      help=f"[ar] Comma-separated, from: {', '.join(STRATEGIES)} [default: {LOOKUP_DEFAULT} for a "
                           f"named target without --model, else {DLLM_DEFAULT}]."),
