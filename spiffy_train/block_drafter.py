@@ -47,6 +47,7 @@ def drafter_config(recipe: dict, target) -> BlockDrafterConfig:
     return BlockDrafterConfig(
         target=recipe["target"], target_hidden=c.hidden_size, target_num_layers=c.num_hidden_layers,
         vocab_size=int(head.shape[0]), target_layers=layers, layers=int(d["layers"]), block=int(d["block"]),
+        shift=bool(d.get("shift", True)),
         hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_heads=c.num_attention_heads,
         num_kv_heads=c.num_key_value_heads, head_dim=getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
         rope_theta=theta, rms_eps=float(c.rms_norm_eps), target_fingerprint=target_fingerprint(emb, head))
@@ -97,10 +98,13 @@ def compute_features(target, layers, rows: list, batch: int, log=print) -> list:
     return feats
 
 
-def make_batch(rows: list, feats: list, picks: list, block: int, anchors: int, reveal_prob: float, gen) -> dict:
-    """Tensors for one step: context features, block slots, attention mask, labels and slot weights."""
+def make_batch(rows: list, feats: list, picks: list, block: int, anchors: int, reveal_prob: float, gen,
+               shift: bool = True) -> dict:
+    """Tensors for one step: context features, block slots, attention mask, labels and slot weights. ``slot``
+    holds each labelled slot's draft index (1 = the first drafted token), which sets its loss weight."""
     B = len(picks)
-    n = anchors * block
+    S = block - 1 if shift else block          # slots per block
+    n = anchors * S
     T = max(len(rows[i]["prompt"]) + len(rows[i]["answer"]) for i in picks)
     F_ = feats[picks[0]].shape[1]
     ctx = torch.zeros(B, T, F_)
@@ -108,10 +112,11 @@ def make_batch(rows: list, feats: list, picks: list, block: int, anchors: int, r
     masked = torch.ones(B, n, dtype=torch.bool)
     pos = torch.zeros(B, n, dtype=torch.long)
     labels = torch.full((B, n), -100, dtype=torch.long)
-    slot = torch.arange(block).repeat(anchors)
+    slot = torch.zeros(B, n, dtype=torch.long)
     allow = torch.zeros(B, 1, n, T + n, dtype=torch.bool)
-    blk = torch.arange(n) // block
+    blk = torch.arange(n) // S
     allow[:, 0, :, T:] = blk[:, None] == blk[None, :]
+    j_in = torch.arange(S)
     for b, i in enumerate(picks):
         r = rows[i]
         seq = torch.tensor(r["prompt"] + r["answer"])
@@ -119,19 +124,22 @@ def make_batch(rows: list, feats: list, picks: list, block: int, anchors: int, r
         ctx[b, :L] = feats[i].float()
         a = torch.randint(P - 1, L - 1, (anchors,), generator=gen)      # anchor: the pending token
         reveal = torch.where(torch.rand(anchors, generator=gen) < reveal_prob,
-                             torch.randint(1, block - 1, (anchors,), generator=gen), torch.zeros(anchors, dtype=torch.long))
+                             torch.randint(1, block - 2, (anchors,), generator=gen), torch.zeros(anchors, dtype=torch.long))
         for j in range(anchors):
-            s = slice(j * block, (j + 1) * block)
-            p = a[j] + torch.arange(block)
-            ok = p < L
-            toks[b, s] = torch.where(ok, seq[p.clamp(max=L - 1)], 0)
-            masked[b, s] = torch.arange(block) > reveal[j]
+            s = slice(j * S, (j + 1) * S)
+            p = a[j] + j_in
+            known = j_in <= reveal[j]
+            toks[b, s] = torch.where(p < L, seq[p.clamp(max=L - 1)], 0)
+            masked[b, s] = ~known
             pos[b, s] = p
-            lab = torch.where(ok & masked[b, s], toks[b, s], -100)
-            labels[b, s] = lab
+            tgt = p + 1 if shift else p                          # the position each slot's output predicts
+            first = reveal[j] + 1                                # the first drafted position (relative to a)
+            want = (tgt < L) & (tgt - a[j] >= first)
+            labels[b, s] = torch.where(want, seq[tgt.clamp(max=L - 1)], -100)
+            slot[b, s] = (tgt - a[j] - first + 1).clamp(min=1)
             allow[b, 0, s, : a[j]] = True
     return {"ctx": ctx, "ctx_pos": torch.arange(T)[None].expand(B, -1), "tokens": toks, "masked": masked,
-            "pos": pos, "labels": labels, "slot": slot[None].expand(B, -1), "allow": allow}
+            "pos": pos, "labels": labels, "slot": slot, "allow": allow}
 
 
 def block_loss(model: BlockDrafterModel, batch: dict, decay: float) -> tuple:
@@ -148,8 +156,8 @@ def block_loss(model: BlockDrafterModel, batch: dict, decay: float) -> tuple:
 @torch.no_grad()
 def heldout_acceptance(model: BlockDrafterModel, rows: list, feats: list, every: int = 8) -> dict:
     """Mean tokens accepted per block (greedy) over anchors every ``every`` positions of held-out answers,
-    and the rate of acceptance by slot."""
-    block = model.cfg.block
+    and the rate of acceptance by drafted slot."""
+    block, S, shift = model.cfg.block, model.cfg.slots, model.cfg.shift
     runs, by_slot = [], torch.zeros(block - 1)
     for r, f in zip(rows, feats):
         seq = torch.tensor(r["prompt"] + r["answer"])
@@ -158,20 +166,21 @@ def heldout_acceptance(model: BlockDrafterModel, rows: list, feats: list, every:
         if not anchors:
             continue
         n = len(anchors)
-        toks = torch.zeros(1, n * block, dtype=torch.long)
-        masked = torch.ones(1, n * block, dtype=torch.bool)
-        pos = torch.zeros(1, n * block, dtype=torch.long)
-        allow = torch.zeros(1, 1, n * block, L + n * block, dtype=torch.bool)
-        blk = torch.arange(n * block) // block
+        toks = torch.zeros(1, n * S, dtype=torch.long)
+        masked = torch.ones(1, n * S, dtype=torch.bool)
+        pos = torch.zeros(1, n * S, dtype=torch.long)
+        allow = torch.zeros(1, 1, n * S, L + n * S, dtype=torch.bool)
+        blk = torch.arange(n * S) // S
         allow[0, 0, :, L:] = blk[:, None] == blk[None, :]
         for j, a in enumerate(anchors):
-            s = slice(j * block, (j + 1) * block)
-            toks[0, j * block] = seq[a]
-            masked[0, j * block] = False
-            pos[0, s] = a + torch.arange(block)
+            s = slice(j * S, (j + 1) * S)
+            toks[0, j * S] = seq[a]
+            masked[0, j * S] = False
+            pos[0, s] = a + torch.arange(S)
             allow[0, 0, s, :a] = True
         kv = model.context_kv(model.project(f.float()[None]), torch.arange(L)[None])
-        pred = model.logits(model.hidden(toks, masked, pos, kv, allow)).argmax(-1)[0].view(n, block)[:, 1:]
+        pred = model.logits(model.hidden(toks, masked, pos, kv, allow)).argmax(-1)[0].view(n, S)
+        pred = pred if shift else pred[:, 1:]
         for j, a in enumerate(anchors):
             want = seq[a + 1: a + block]
             k = 0
@@ -297,7 +306,8 @@ def train_block_drafter(recipe: dict, data_dir: Path, out_dir: Path, device: str
         for g in opt.param_groups:
             g["lr"] = lr_at(st["step"], recipe)
         picks = torch.randint(0, len(train), (bs,), generator=gen).tolist()
-        batch = make_batch(train, train_f, picks, cfg.block, anchors, float(recipe.get("reveal_prob", 0.2)), gen)
+        batch = make_batch(train, train_f, picks, cfg.block, anchors, float(recipe.get("reveal_prob", 0.2)), gen,
+                           cfg.shift)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss, acc, n = block_loss(model, batch, float(recipe.get("position_decay", 7.0)))
         opt.zero_grad(set_to_none=True)

@@ -44,6 +44,17 @@ def test_greedy_identical_to_transformers_generate(pair, name):
     assert accepted > 0   # the drafts are accepted sometimes: the paths above were exercised
 
 
+@pytest.mark.parametrize("name", ["chain", "best-first", "redraft"])
+def test_unshifted_drafter_is_lossless_too(name):
+    """The DFlash convention (each mask slot predicts its own token) decodes losslessly as well."""
+    tgt = tiny_target(vocab=64, seed=1)
+    d = BlockDrafter(trained_tiny_drafter(tgt, steps=60, shift=False), tgt)
+    assert not d.model.cfg.shift
+    for row in greedy_rows(tgt, 3, 5, 1, seed=12):
+        p = row["prompt"]
+        assert generate_ar(tgt, d, p, max_new_tokens=16, gate=0.0, **STRATEGIES[name]).token_ids == hf_generate(tgt, p, 16)
+
+
 def test_drafting_reads_the_target_features(pair):
     """The drafts depend on the target's features: zeroed context features give other drafts."""
     tgt, m = pair

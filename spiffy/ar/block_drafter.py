@@ -139,17 +139,17 @@ class BlockDrafter:
 
     @torch.no_grad()
     def block_logits(self, known: list) -> torch.Tensor:
-        """Logits [B, block, V] for rows of ``known`` tokens (the anchor first) placed at the block's start
+        """Logits [B, slots, V] for rows of ``known`` tokens (the anchor first) placed at the block's start
         after the current context, the rest of the block masked."""
         m = self.model
         dev = m.fc.weight.device
         C = len(self.cache)
-        B, N = len(known), self.block
+        B, N = len(known), m.cfg.slots
         toks = torch.zeros(B, N, dtype=torch.long, device=dev)
         masked = torch.ones(B, N, dtype=torch.bool, device=dev)
         for b, row in enumerate(known):
-            if not 1 <= len(row) <= N - 1:
-                raise ConfigError(f"a block of {N} holds 1..{N - 1} known tokens (got {len(row)})")
+            if not 1 <= len(row) <= self.block - 1:
+                raise ConfigError(f"a block of {self.block} holds 1..{self.block - 1} known tokens (got {len(row)})")
             toks[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=dev)
             masked[b, : len(row)] = False
         pos = (C + torch.arange(N, device=dev))[None].expand(B, -1)
@@ -181,7 +181,8 @@ class BlockDrafter:
         out = []
         for b, (row, g) in enumerate(zip(known, gammas)):
             n = min(g, self.block - len(row))
-            lg = logits[b, len(row): len(row) + n, :V]
+            first = len(row) - 1 if self.model.cfg.shift else len(row)   # the slot whose output is the next token
+            lg = logits[b, first: first + n, :V]
             t = self.temperature if sample and self.temperature > 0 else 1.0
             q = torch.softmax(lg / t, dim=-1)
             if sample and self.temperature > 0:

@@ -1,7 +1,9 @@
 """A block-diffusion drafter network that reads an AR target's hidden states (the DFlash idea, our code).
 
 One forward fills a block: the block's first slot holds the last committed token (the *anchor*), the others
-hold a learned mask embedding (or tokens already known, when a branch is re-drafted). Its context is the
+hold a learned mask embedding (or tokens already known, when a branch is re-drafted). With ``shift`` (the
+default) a slot's output predicts the token after it, the target's own convention, so the anchor's output is
+the first drafted token; without it each mask slot predicts its own token, as in DFlash. Its context is the
 target's own hidden states at the committed positions before the anchor — a few of the target's layers,
 concatenated and projected to the drafter's width. Each drafter layer attends, bidirectionally within the
 block, to its block and to keys/values computed from that projected context; the output goes through the
@@ -36,7 +38,10 @@ class BlockDrafterConfig:
     vocab_size: int                # the target's vocabulary (its LM head's rows)
     target_layers: list = field(default_factory=list)   # target layers whose outputs are the context
     layers: int = 2
-    block: int = 16                # anchor + block-1 drafted slots
+    block: int = 16                # the anchor + block-1 drafted tokens
+    # shift: a slot's output predicts the token after it, as in the target's own head (the anchor's output
+    # is the first draft; block-1 slots per block); else each mask slot predicts its own token (DFlash; block slots)
+    shift: bool = True
     hidden_size: int = 576
     intermediate_size: int = 1536
     num_heads: int = 9
@@ -45,6 +50,11 @@ class BlockDrafterConfig:
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
     target_fingerprint: str = ""   # hash of the target's embedding and head (checked on load)
+
+    @property
+    def slots(self) -> int:
+        """Slots in one drafter forward."""
+        return self.block - 1 if self.shift else self.block
 
     @property
     def feature_dim(self) -> int:

@@ -179,7 +179,7 @@ def run_ar_bench(ar_target=None, ar_drafter=None, strategies=None, draft_length=
             kw.update(min_draft=lookup_min_draft, max_draft=lookup_max_draft)
         if kind == "block":
             top = drafters["block"].max_draft
-            kw["draft_length"] = min(draft_length, top) if not kw.get("tree_nodes") else top
+            kw["draft_length"] = top   # the whole block: one drafter forward fills it anyway
             if kw.get("tree_nodes"):
                 kw["tree_nodes"] = tree_nodes
             if kw.get("adaptive"):
