@@ -1,0 +1,28 @@
+"""The one-call GPU probe (models/device/gpu_probe.sh) runs end to end on the CPU at toy shapes."""
+import json
+
+from spiffy.bench import device_probe
+
+
+def test_probe_dry_run(tmp_path):
+    out = tmp_path / "probe.json"
+    res = device_probe.main(["--small", "--device", "cpu", "--out", str(out), "--prompts", "1", "--gen-length", "32",
+                             "--budgets", "3", "--repeats", "1", "--rows", "1,4,9", "--compiled-rows", "",
+                             "--context", "64"])
+    saved = json.loads(out.read_text())
+    assert saved["seconds"] == res["seconds"]
+    for name in ("llada-8b", "dream-7b"):
+        assert set(saved["cost"][name]["eager"]) == {"1", "4", "9"}
+    run = saved["identical"]["runs"]["batch/D3"]
+    assert run["identical_rate"] == 1.0 and run["nfe_spiffy"] <= run["nfe_baseline"]
+    proj = saved["projection"]["llada-8b/eager/batch/D3"]
+    assert proj["nfe_ratio"] == run["nfe_ratio"] and proj["projected_wall_ratio"] > 0
+
+
+def test_interpolation_stays_inside_the_measured_curve():
+    import pytest
+
+    c = {"1": 1.0, "3": 2.0}
+    assert device_probe._interp(c, 2) == 1.5
+    with pytest.raises(ValueError):
+        device_probe._interp(c, 4)
