@@ -153,3 +153,34 @@ def test_cli_default_drafter_is_prompt_lookup(target):
     for k in ("prompt_ids", "token_ids", "target_calls", "mean_accepted", "drafter_calls", "nfe", "text"):
         assert k in out
     assert out["token_ids"] == hf_generate(target, out["prompt_ids"], 24)
+
+
+BLOCK = {
+    "diffusion": dict(draft_length=15),
+    "diffusion+tree": dict(draft_length=15, tree_nodes=16),
+    "diffusion+adaptive": dict(adaptive=True, min_draft=4, max_draft=15),
+    "diffusion+redraft": dict(draft_length=8, tree=2),
+}
+
+
+@pytest.fixture(scope="module")
+def block_drafter(target):
+    from spiffy.ar.pair import load_drafter_model
+
+    return make_drafter(load_drafter_model("spiffy-smollm2-drafter"), target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(BLOCK), ids=list(BLOCK))
+def test_shipped_block_drafter_is_lossless(target, refs, block_drafter, strategy):
+    """The block drafter shipped for this target (reading its hidden states) gives the target's own greedy
+    output in every strategy, and its drafts are accepted (it was trained on what this target says)."""
+    assert block_drafter.kind == "block"
+    cfg = ARDecodeConfig(max_new_tokens=NEW, **BLOCK[strategy])
+    per_call = []
+    for (ids, ref), row in zip(refs, PROMPTS):
+        res = generate_ar(target, block_drafter, ids, cfg)
+        assert res.token_ids == ref, (strategy, row["id"])
+        assert res.strategy.startswith("diffusion")
+        per_call.append(res.mean_accepted)
+    assert sum(per_call) / len(per_call) > 1.2   # an untrained drafter gives 1.0
