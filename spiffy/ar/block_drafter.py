@@ -48,7 +48,7 @@ class ContextCache:
 
     def __init__(self):
         self.tokens: list = []
-        self.kv: Optional[list] = None     # [(k [1, C, kvh, D], v)] per layer
+        self.kv: Optional[list] = None     # [(k [1, kvh, C, D], v)] per layer
 
     def __len__(self):
         return len(self.tokens)
@@ -56,11 +56,11 @@ class ContextCache:
     def crop(self, n: int):
         if n < len(self.tokens):
             del self.tokens[n:]
-            self.kv = [(k[:, :n], v[:, :n]) for k, v in self.kv] if n > 0 else None
+            self.kv = [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv] if n > 0 else None
 
     def extend(self, tokens: list, kv: list):
         self.tokens.extend(int(t) for t in tokens)
-        self.kv = kv if self.kv is None else [(torch.cat([k0, k1], 1), torch.cat([v0, v1], 1))
+        self.kv = kv if self.kv is None else [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
                                               for (k0, v0), (k1, v1) in zip(self.kv, kv)]
 
 
@@ -153,12 +153,7 @@ class BlockDrafter:
             toks[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=dev)
             masked[b, : len(row)] = False
         pos = (C + torch.arange(N, device=dev))[None].expand(B, -1)
-        if self.cache.kv is None:
-            hd, kvh = m.cfg.head_dim, m.cfg.num_kv_heads
-            empty = torch.zeros(B, 0, kvh, hd, device=dev, dtype=m.fc.weight.dtype)
-            kv = [(empty, empty)] * len(m.layers)
-        else:
-            kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.cache.kv]
+        kv = self.cache.kv or [None] * len(m.layers)   # attention broadcasts the one cached row over B
         return m.logits(m.hidden(toks, masked, pos, kv))
 
     @torch.no_grad()

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..backends.core import block_forward
+from ..backends.layers import RMSNorm, Rotary
 from ..errors import ConfigError, ModelLoadError
 
 MODEL_TYPE = "spiffy-block-drafter"
@@ -64,28 +66,10 @@ class BlockDrafterConfig:
         return asdict(self)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        v = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(v + self.eps)).to(x.dtype) * self.weight
-
-
-def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (half-split convention) of ``x`` [..., T, H, D] at positions ``pos`` [..., T]."""
-    d = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = pos.to(torch.float32)[..., None] * inv            # [..., T, D/2]
-    cos, sin = ang.cos()[..., None, :], ang.sin()[..., None, :]
-    x1, x2 = x[..., : d // 2].float(), x[..., d // 2:].float()
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-
-
 class DrafterLayer(nn.Module):
+    """One pre-norm block (the engine's :func:`~spiffy.backends.core.block_forward`) whose queries are the block's
+    slots and whose keys/values are the context's, then the block's own."""
+
     def __init__(self, c: BlockDrafterConfig):
         super().__init__()
         self.c = c
@@ -100,30 +84,21 @@ class DrafterLayer(nn.Module):
         self.up = nn.Linear(H, c.intermediate_size, bias=False)
         self.down = nn.Linear(c.intermediate_size, H, bias=False)
 
-    def context_kv(self, ctx: torch.Tensor, pos: torch.Tensor):
-        """Keys/values of projected context features ``ctx`` [B, C, H] at ``pos`` [B, C]: ([B, C, kvh, D]) x 2."""
+    def context_kv(self, ctx: torch.Tensor, cos, sin):
+        """Keys/values [B, kvh, C, D] of projected context features ``ctx`` [B, C, H] (rotary ``cos``/``sin``
+        at their positions)."""
         B, C, _ = ctx.shape
-        k = self.k(ctx).view(B, C, self.c.num_kv_heads, self.c.head_dim)
-        v = self.v(ctx).view(B, C, self.c.num_kv_heads, self.c.head_dim)
-        return rope(k, pos, self.c.rope_theta), v
+        k = self.k(ctx).view(B, C, self.c.num_kv_heads, self.c.head_dim).transpose(1, 2)
+        v = self.v(ctx).view(B, C, self.c.num_kv_heads, self.c.head_dim).transpose(1, 2)
+        return Rotary.apply(k, cos, sin), v
 
-    def forward(self, h, pos, ctx_k, ctx_v, mask):
-        """``h`` [B, N, H] block slots at ``pos`` [B, N]; ``ctx_k/v`` [B, C, kvh, D]; ``mask`` [B, 1, N, C+N]
+    def forward(self, h, cos, sin, context_kv, mask):
+        """``h`` [B, N, H] block slots; ``context_kv`` ([B or 1, kvh, C, D]) x 2; ``mask`` [B, 1, N, C+N]
         boolean (True = may attend) or None (everything)."""
         c = self.c
-        B, N, _ = h.shape
-        x = self.norm1(h)
-        q = rope(self.q(x).view(B, N, c.num_heads, c.head_dim), pos, c.rope_theta)
-        k = rope(self.k(x).view(B, N, c.num_kv_heads, c.head_dim), pos, c.rope_theta)
-        v = self.v(x).view(B, N, c.num_kv_heads, c.head_dim)
-        k = torch.cat([ctx_k, k], dim=1).transpose(1, 2)
-        v = torch.cat([ctx_v, v], dim=1).transpose(1, 2)
-        rep = c.num_heads // c.num_kv_heads
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
-        h = h + self.o(a.transpose(1, 2).reshape(B, N, -1))
-        x = self.norm2(h)
-        return h + self.down(F.silu(self.gate(x)) * self.up(x))
+        return block_forward(h, cos, sin, mask, context_kv, attn_norm=self.norm1, q_proj=self.q, k_proj=self.k,
+                             v_proj=self.v, o_proj=self.o, ff_norm=self.norm2, gate_proj=self.gate, up_proj=self.up,
+                             down_proj=self.down, n_heads=c.num_heads, n_kv_heads=c.num_kv_heads)[0]
 
 
 class BlockDrafterModel(nn.Module):
@@ -140,6 +115,7 @@ class BlockDrafterModel(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
         self.layers = nn.ModuleList(DrafterLayer(cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         self._frozen: tuple = ()
 
     def bind(self, embedding: torch.Tensor, head: torch.Tensor):
@@ -164,8 +140,9 @@ class BlockDrafterModel(nn.Module):
         return self.ctx_norm(self.fc(features.to(self.fc.weight.dtype)))
 
     def context_kv(self, ctx: torch.Tensor, pos: torch.Tensor) -> list:
-        """Per-layer (keys, values) of projected context ``ctx`` [B, C, H] at ``pos`` [B, C]."""
-        return [layer.context_kv(ctx, pos) for layer in self.layers]
+        """Per-layer (keys, values) [B, kvh, C, D] of projected context ``ctx`` [B, C, H] at ``pos`` [B, C]."""
+        cos, sin = self.rotary.cos_sin(pos, ctx.dtype)
+        return [layer.context_kv(ctx, cos, sin) for layer in self.layers]
 
     def embed_block(self, tokens: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Block slots [B, N]: the token's embedding, or the mask embedding where ``masked``."""
@@ -175,8 +152,9 @@ class BlockDrafterModel(nn.Module):
     def hidden(self, tokens, masked, pos, kv: list, mask=None) -> torch.Tensor:
         """Final hidden states [B, N, H] of block slots ``tokens``/``masked`` at ``pos`` over context ``kv``."""
         h = self.embed_block(tokens, masked)
-        for layer, (ck, cv) in zip(self.layers, kv):
-            h = layer(h, pos, ck, cv, mask)
+        cos, sin = self.rotary.cos_sin(pos, h.dtype)
+        for layer, ckv in zip(self.layers, kv):
+            h = layer(h, cos, sin, ckv, mask)
         return self.norm(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
