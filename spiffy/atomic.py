@@ -5,6 +5,7 @@ renamed into place (:func:`temp_folder`, :func:`replace_folder`); a killed write
 folder (or none) and a temporary that the next writer removes once that process is gone."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,3 +94,16 @@ def replace_folder(tmp: Union[str, Path], final: Union[str, Path]):
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_in_place(final: Union[str, Path]):
+    """Build a folder under a temporary name (yielded) and move it to ``final`` once the block finishes;
+    on any error the temporary folder is removed and ``final`` is left as it was."""
+    tmp = temp_folder(final)
+    try:
+        yield tmp
+        replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

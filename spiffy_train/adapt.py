@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from spiffy.atomic import replace_folder, temp_folder
+from spiffy.atomic import folder_in_place
 from spiffy.errors import ArtifactError, ConfigError
 from . import adapter_card, lora
 from .objectives import block_forward_process, forward_process, llada_hidden
@@ -289,8 +289,7 @@ def export(model, trainable: dict, tok, mask_id: int, recipe: dict, summary: dic
     from spiffy.backends.adapter import ADAPTER_FILE, ADAPTER_KEY
 
     a = recipe["adapter"]
-    tmp = temp_folder(out_dir)
-    try:
+    with folder_in_place(out_dir) as tmp:
         cfg = model.config.to_dict()
         cfg[ADAPTER_KEY] = {"base": recipe["base"], "rank": a["rank"], "alpha": a["alpha"],
                             "targets": list(a["targets"]), "train_norms": a.get("train_norms", True),
@@ -307,12 +306,6 @@ def export(model, trainable: dict, tok, mask_id: int, recipe: dict, summary: dic
         summary["samples"] = probe["samples"]
         atomic_write_json(tmp / "training.json", summary)
         adapter_card.write(tmp)
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"exported {out_dir} ({summary['adapter_mb']} MB adapter)")
 
 

@@ -341,21 +341,14 @@ def train_block_drafter(recipe: dict, data_dir: Path, out_dir: Path, device: str
 
 def export(model: BlockDrafterModel, recipe: dict, summary: dict, out_dir: Path, log=print):
     """Write the drafter folder atomically: config.json, the trainable weights, training.json and the card."""
-    from spiffy.atomic import atomic_write_json, replace_folder, temp_folder
+    from spiffy.atomic import atomic_write_json, folder_in_place
 
     from . import drafter_card
 
-    tmp = temp_folder(out_dir)
-    try:
+    with folder_in_place(out_dir) as tmp:
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe.get("save_dtype", "bf16")]
         model.save(tmp, dtype=dt, extra={"recipe": recipe["name"]})
         summary["drafter_mb"] = round(sum(f.stat().st_size for f in tmp.glob("*.safetensors")) / 2 ** 20, 2)
         atomic_write_json(tmp / "training.json", summary)
         drafter_card.write(tmp)
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"exported {out_dir} ({summary['drafter_mb']} MB)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Optional, Sequence
 
 import networkx as nx
 
-from ..atomic import atomic_write_json, atomic_write_text, replace_folder, temp_folder
+from ..atomic import atomic_write_json, atomic_write_text, folder_in_place
 from ..errors import ArtifactError, ConfigError
 from ..sampling.loop import sampler_of
 from ..sampling.schedule import block_schedule
@@ -155,8 +154,8 @@ def calibrate(backend, rows: Sequence[dict], cfg, cal: CalibrationConfig, out_di
               progress: bool = False, sharding=None) -> Optional[CalibrationRun]:
     """Calibrate graphs (:class:`CalibrationConfig`) on the prompts ``rows``; when ``out_dir`` is given,
     write the set ``<out_dir>/<model>/<setting>_g<gen>_<cache>/`` (D<k>.json, counts.json, report.json,
-    prompts.jsonl, and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.temp_folder` and
-    :func:`~spiffy.atomic.replace_folder`: a killed run leaves the old set or none, never a mix); an
+    prompts.jsonl, and with ``plot`` the PNGs) as one unit (:func:`spiffy.atomic.folder_in_place`: a
+    killed run leaves the old set or none, never a mix); an
     existing set is replaced only with ``force``, and that is checked before any tracing. ``heldout``:
     {name: rows} evaluated with every objective, the default graphs and the in-sample ceiling.
     ``sharding`` (:class:`spiffy.distributed.Sharding`): spread the tracing over the ranks of a
@@ -199,16 +198,11 @@ def calibrate(backend, rows: Sequence[dict], cfg, cal: CalibrationConfig, out_di
     if final is not None:
         report["folder"] = f"{model}/{final.name}"
         _check_free(final, force)   # again: another run may have written it meanwhile
-        tmp = temp_folder(final)
-        try:
+        with folder_in_place(final) as tmp:
             write_artifacts(report, chosen, counts, calib, step_counts, cfg, tmp, rows)
             if plot:
                 plot_set(report, tmp)
             _check_free(final, force)
-            replace_folder(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     if sharding is not None:
         sharding.finished()
     return CalibrationRun(report, {"calibration": calib, **{ts.name: ts for ts in held_traced}}, chosen, step_counts)
