@@ -130,12 +130,17 @@ def evaluate(model, rows: list, mask_id: int, pad_id: int, block: int, max_answe
             "masked_acc": round(correct / max(count, 1), 4), "rows": n, "masked_tokens": count}
 
 
-def lr_at(step: int, recipe: dict) -> float:
+def lr_at(step: int, recipe: dict, anneal_after_warmup: bool = False) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio`` of the peak by the recipe's last step; the cosine
+    runs over all steps, or (``anneal_after_warmup``, the block-drafter recipes) over the steps after warm-up."""
     lr, warm, steps = recipe["lr"], recipe.get("warmup", 0), recipe["steps"]
     if step < warm:
         return lr * (step + 1) / warm
     floor = recipe.get("min_lr_ratio", 0.1)
-    p = min(step / max(steps, 1), 1.0)
+    if anneal_after_warmup:
+        p = min(1.0, (step - warm) / max(1, steps - warm))
+    else:
+        p = min(step / max(steps, 1), 1.0)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from spiffy.ar.block_model import BlockDrafterConfig, BlockDrafterModel, target_fingerprint
 from spiffy.errors import ArtifactError, ConfigError
 
-from .adapt import recipe_key, state_path
+from .adapt import lr_at, recipe_key, state_path
 from .target_answers import generate_answers, training_prompts
 
 
@@ -193,15 +193,6 @@ def heldout_acceptance(model: BlockDrafterModel, rows: list, feats: list, every:
             "accept_by_slot": [round(float(x) / n, 3) for x in by_slot], "blocks": len(runs)}
 
 
-def lr_at(step: int, recipe: dict) -> float:
-    lr, warm, steps = recipe["lr"], recipe.get("warmup", 0), recipe["steps"]
-    if step < warm:
-        return lr * (step + 1) / warm
-    floor = recipe.get("min_lr_ratio", 0.1)
-    p = min(1.0, (step - warm) / max(1, steps - warm))
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
 def load_target(recipe: dict, device: str):
     from spiffy.ar.target import load_causal_lm
 
@@ -304,7 +295,7 @@ def train_block_drafter(recipe: dict, data_dir: Path, out_dir: Path, device: str
     while st["step"] < stop and (deadline is None or time.time() < deadline):
         t0 = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(st["step"], recipe)
+            g["lr"] = lr_at(st["step"], recipe, anneal_after_warmup=True)
         picks = torch.randint(0, len(train), (bs,), generator=gen).tolist()
         batch = make_batch(train, train_f, picks, cfg.block, anchors, float(recipe.get("reveal_prob", 0.2)), gen,
                            cfg.shift)
