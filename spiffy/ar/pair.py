@@ -67,11 +67,11 @@ def make_drafter(drafter, target: ARTarget, steps: int = 1, temperature: float =
 
 def _bundled_block_drafter(path_or_id: str):
     """The folder of a block drafter given by path or by bundled name, else None."""
-    from ..backends.loader import models_dir
+    from ..backends.loader import bundled_model
     from .block_model import is_block_drafter
 
-    for p in (Path(path_or_id).expanduser(), models_dir() / path_or_id):
-        if is_block_drafter(p):
+    for p in (Path(path_or_id).expanduser(), bundled_model(path_or_id)):
+        if p is not None and is_block_drafter(p):
             return p
     return None
 

@@ -74,6 +74,13 @@ def resolve_dtype(dtype, device) -> torch.dtype:
     return table[dtype]
 
 
+def bundled_model(name: str) -> Optional[Path]:
+    """The folder of a model bundled under ``name`` (models/<name> with a config.json, from a checkout or a
+    wheel), else None."""
+    d = models_dir() / name
+    return d if "/" not in name and (d / "config.json").exists() else None
+
+
 def resolve_path(path_or_id: Optional[str]) -> Path:
     """A local directory, a named model prepared by `spiffy models fetch`, or a hub snapshot downloaded to
     the cache. Fails with a clear message."""
@@ -86,8 +93,8 @@ def resolve_path(path_or_id: Optional[str]) -> Path:
     from ..named_models import is_named, resolve_named
 
     p = Path(path_or_id).expanduser()
-    bundled = models_dir() / path_or_id
-    if not p.is_dir() and "/" not in path_or_id and (bundled / "config.json").exists():
+    bundled = bundled_model(path_or_id)
+    if not p.is_dir() and bundled is not None:
         return bundled      # a bundled model by name (spiffy-dllm-ref, spiffy-smollm2-dlm), from a checkout or a wheel
     if is_named(path_or_id):
         return resolve_named(path_or_id)

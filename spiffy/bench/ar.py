@@ -91,11 +91,12 @@ def _hf_run(target, counter, ids, gen_length, lookup_tokens=None) -> dict:
 
 def default_block_drafter(target_path) -> Optional[str]:
     """The bundled block drafter trained for a named target, if this install has one."""
+    from ..backends.loader import bundled_model
     from ..named_models import spec_of
 
     spec = spec_of(target_path) if target_path else None
     name = getattr(spec, "block_drafter", None)
-    return name if name and (_MODELS / name / "config.json").exists() else None
+    return name if name and bundled_model(name) is not None else None
 
 
 def _load_drafters(kinds, target, model, ar_drafter, device, dtype, drafter_steps, extra_masks, block_drafter=None):
