@@ -9,6 +9,7 @@ from ..errors import ConfigError
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING = ("low_confidence", "random", "margin", "entropy", "left_to_right")
 SAMPLERS = ("llada", "dream")
+STATIC_LAYOUTS = ("batch", "packed")   # spiffy.sampling.layout.LAYOUTS (kept here: config imports no torch)
 
 
 @dataclass
@@ -58,6 +59,11 @@ class GenerationConfig:
                 "(LLaDA's confidence_eos_eot_inf)."})
     early_stop: bool = field(default=False, metadata={
         "help": "Stop after the block in which EOS/end-of-turn was committed."})
+    static_drafts: int = field(default=0, metadata={
+        "help": "Run every step at the static shape of a Spiffy call verifying this many drafts per row "
+                "(0: the plain shape). The baseline then computes bit for bit what Spiffy computes."})
+    static_layout: str = field(default="batch", metadata={
+        "help": "Layout of the static shape (Spiffy's --verify).", "choices": STATIC_LAYOUTS})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +119,10 @@ class GenerationConfig:
             raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k <= 0:
             raise ConfigError(f"top_k must be positive, got {self.top_k}")
+        if not isinstance(self.static_drafts, int) or self.static_drafts < 0:
+            raise ConfigError(f"static_drafts must be a non-negative integer, got {self.static_drafts!r}")
+        if self.static_layout not in STATIC_LAYOUTS:
+            raise ConfigError(f"static_layout must be one of {STATIC_LAYOUTS}, got {self.static_layout!r}")
         if prompt_length <= 0:
             raise ConfigError("the prompt is empty")
         if context_length is not None and prompt_length + self.gen_length > context_length:

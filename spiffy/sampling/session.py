@@ -20,6 +20,7 @@ import torch
 from ..backends.backend import DiffusionBackend
 from ..backends.core import ContextKV
 from .config import GenerationConfig
+from .layout import static_forward
 from .loop import Canvas
 
 
@@ -142,5 +143,8 @@ class DecodeSession(Canvas):
         return out.logits
 
     def block_logits(self, b: int, block: torch.Tensor) -> torch.Tensor:
-        """Logits [B, n, V] for the block holding ``block`` [B, n], under the cache mode."""
+        """Logits [B, n, V] for the block holding ``block`` [B, n], under the cache mode (at the static shape
+        when ``cfg.static_drafts`` is set: :func:`~spiffy.sampling.layout.static_forward`)."""
+        if self.cfg.static_drafts:
+            return torch.cat(static_forward(self, b, [(i, block[i:i + 1]) for i in range(self.B)]))
         return self.states_forward(b, None, block).logits

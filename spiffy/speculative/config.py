@@ -37,6 +37,10 @@ class SpeculativeConfig:
     ``calibration_dir`` overrides the calibration root; a calibrated graph whose model fingerprint differs
     from the model in use is refused unless ``allow_mismatch`` (for experiments). ``measure_mismatch`` (packed, non-dual): re-run
     every accepted draft as a real forward (not counted in NFE) and count next-state differences.
+    ``static``: run every call at one static shape (:mod:`spiffy.sampling.layout`): each verification padded to
+    the graph's budget, every row at a fixed slot, logits at every block position. The real state's logits
+    are then the bits the baseline computes with ``GenerationConfig(static_drafts=budget,
+    static_layout=verify)`` (:meth:`static_config`), on any device; a compiled step needs it too.
     """
 
     budget: int = 8
@@ -47,6 +51,7 @@ class SpeculativeConfig:
     calibration_dir: Optional[str] = None
     measure_mismatch: bool = False
     allow_mismatch: bool = False
+    static: bool = False
 
     def validate(self) -> "SpeculativeConfig":
         if self.verify not in VERIFY_MODES:
@@ -59,6 +64,14 @@ class SpeculativeConfig:
         if isinstance(self.prune, bool) or (isinstance(self.prune, int) and self.prune < 0):
             raise ConfigError(f"prune must be a non-negative integer or a Pruner, got {self.prune!r}")
         return self
+
+    def static_config(self, cfg, budget: Optional[int] = None):
+        """``cfg`` at this configuration's static shape (the baseline that Spiffy equals bit for bit); ``budget``:
+        the drafts per call actually used (a calibrated or user graph's), default ``self.budget``."""
+        import dataclasses
+
+        return dataclasses.replace(cfg, static_drafts=self.budget if budget is None else budget,
+                                   static_layout=self.verify)
 
     def pruner(self) -> Optional[Pruner]:
         if self.prune is None:
@@ -73,7 +86,7 @@ class SpeculativeConfig:
                                                                          else str(g)),
                 "verify": self.verify, "prune": self.prune if isinstance(self.prune, (int, type(None)))
                 else f"Pruner(keep={self.prune.keep})", "use_calibration": self.use_calibration,
-                "measure_mismatch": self.measure_mismatch}
+                "measure_mismatch": self.measure_mismatch, "static": self.static}
 
 
 class NearLosslessWarning(UserWarning):

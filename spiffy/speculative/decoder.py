@@ -20,7 +20,8 @@ import torch
 from ..result import GenerationResult
 from ..sampling.baseline import finish
 from ..sampling.config import GenerationConfig
-from ..sampling.loop import StepRule, decode_blocks
+from ..errors import ConfigError
+from ..sampling.loop import StepRule, decode_blocks, sampler_of
 from ..sampling.session import DecodeSession
 from .config import NearLosslessWarning, SpeculativeConfig
 from .proposer import DraftSource
@@ -160,9 +161,14 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
     if not exact:
         warnings.warn(NEAR_LOSSLESS_MSG.format(cache=cfg.cache), NearLosslessWarning, stacklevel=3)
     t0 = time.perf_counter()
+    provider = GraphProvider(spec, backend, cfg, sampler_of(backend, cfg))
+    if spec.static and not cfg.static_drafts:
+        cfg = spec.static_config(cfg, provider.budget)
+    if cfg.static_drafts and (cfg.static_layout != spec.verify or provider.budget > cfg.static_drafts):
+        raise ConfigError(f"the static shape ({cfg.static_drafts} drafts, {cfg.static_layout}) cannot hold this "
+                          f"graph's calls ({provider.budget} drafts, {spec.verify})")
     session = DecodeSession(backend, prompts, cfg)
     step = StepRule.of(backend, cfg)
-    provider = GraphProvider(spec, backend, cfg, step.sampler)
     stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget, exact=exact)
     scorer = ModelScorer(session, spec, step, token_ranks_needed(provider))
     check = MismatchCheck(scorer, step, stats) if not exact and spec.measure_mismatch else None

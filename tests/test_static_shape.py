@@ -1,0 +1,114 @@
+"""Static shapes: every verification forward's real-state rows are the very bits the baseline computes at the
+same static shape, for every shape the decoder can produce (cache modes, layouts, batch rows, CFG, threshold),
+and every step runs one shape per block.
+
+float32 tiny models whose widths are not multiples of a SIMD vector pair, so that a kernel that rounds a row
+differently at another shape (the plain, unpadded comparison) would show here.
+"""
+import pytest
+import torch
+
+from spiffy import GenerationConfig
+from spiffy.backends.tiny import tiny_backend
+from spiffy.errors import ConfigError
+from spiffy.sampling.baseline import generate_baseline
+from spiffy.speculative import SpeculativeConfig, generate_speculative
+from spiffy.speculative import decoder as decoder_mod
+
+from .conftest import random_prompts
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"llada": tiny_backend("llada", seed=0, dtype=torch.float32, mlp_hidden_size=72),
+            "dream": tiny_backend("dream", seed=1, dtype=torch.float32, intermediate_size=72)}
+
+
+class RealRows:
+    """Wraps the scorer: after each counted verification, the static baseline's step for the same states
+    (a diagnostic forward) must give bit-identical logits at every masked position of each real state."""
+
+    def __init__(self, monkeypatch):
+        self.checked = self.calls = 0
+        self.shapes = []
+        orig = decoder_mod.ModelScorer.score
+        check = self
+
+        def score(scorer, b, requests, counted=True):
+            out = orig(scorer, b, requests, counted)
+            if counted:
+                s = scorer.session
+                lo, hi = s.span(b)
+                blocks = s.x[:, lo:hi].clone()
+                for row, states in requests:
+                    blocks[row] = torch.tensor(states[0])
+                nfe = s.nfe
+                ref = s.block_logits(b, blocks)
+                s.nfe = nfe
+                for (row, states), lg in zip(requests, out):
+                    m = torch.tensor(states[0]) == s.mask_id
+                    assert torch.equal(lg[0][m], ref[row][m]), (b, row)
+                    check.checked += 1
+                check.calls += 1
+            return out
+
+        monkeypatch.setattr(decoder_mod.ModelScorer, "score", score)
+
+
+SETTINGS = {"k1": {}, "k2": dict(tokens_per_step=2), "threshold": dict(threshold=0.3), "cfg": dict(cfg_scale=1.0)}
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("verify", ["batch", "packed"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_real_rows_are_the_static_baselines_bits(models, monkeypatch, family, cache, verify, setting):
+    backend = models[family]
+    cfg = GenerationConfig(gen_length=24, block_length=12, cache=cache, **SETTINGS[setting])
+    spec = SpeculativeConfig(budget=4, verify=verify, static=True, use_calibration=False)
+    check = RealRows(monkeypatch)
+    prompts = random_prompts(3, seed=11, lo=4, hi=11)
+    for batch in ([prompts[0]], [prompts[1]], prompts[1:]):    # one row, and two rows of unequal length
+        out = generate_speculative(backend, batch, cfg, spec)
+        if verify == "batch" or cache == "dual":
+            base = generate_baseline(backend, batch, spec.static_config(cfg))
+            assert out.token_ids == base.token_ids
+            assert out.nfe <= base.nfe
+    assert check.calls > 0 and check.checked >= check.calls
+
+
+def test_one_shape_per_block(models, monkeypatch):
+    """A static decode runs the block's opening forward and then a single step shape (dual cache: one shape for
+    the whole decode), in the baseline and in Spiffy alike."""
+    backend = models["llada"]
+    seen = []
+    forward = type(backend).forward
+
+    def record(self, input_ids, *a, **k):
+        seen.append(tuple(input_ids.shape))
+        return forward(self, input_ids, *a, **k)
+
+    monkeypatch.setattr(type(backend), "forward", record)
+    cfg = GenerationConfig(gen_length=36, block_length=12, cache="dual")
+    prompt = random_prompts(1, seed=5, lo=6, hi=7)
+    for verify in ("batch", "packed"):
+        spec = SpeculativeConfig(budget=5, verify=verify, static=True, use_calibration=False)
+        for run in (lambda: generate_speculative(backend, prompt, cfg, spec),
+                    lambda: generate_baseline(backend, prompt, spec.static_config(cfg))):
+            seen.clear()
+            run()
+            assert len(set(seen)) == 2, (verify, set(seen))    # the opening full forward + the one step shape
+
+
+def test_static_shape_must_hold_the_calls(models):
+    backend = models["llada"]
+    prompt = random_prompts(1, seed=5)
+    cfg = GenerationConfig(gen_length=24, block_length=12, cache="dual", static_drafts=2)
+    with pytest.raises(ConfigError, match="static shape"):
+        generate_speculative(backend, prompt, cfg, SpeculativeConfig(budget=4, use_calibration=False))
+    with pytest.raises(ConfigError, match="static shape"):
+        generate_speculative(backend, prompt, GenerationConfig(gen_length=24, block_length=12, cache="dual",
+                                                               static_drafts=4, static_layout="packed"),
+                             SpeculativeConfig(budget=4, verify="batch", use_calibration=False))
+    with pytest.raises(ConfigError, match="static_drafts"):
+        generate_baseline(backend, prompt, GenerationConfig(gen_length=24, block_length=12, static_drafts=-1))
