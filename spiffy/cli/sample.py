@@ -46,7 +46,7 @@ def _dllm_only() -> tuple:
 
     shared = ("gen_length", "temperature", "seed")   # AR mode uses these too
     return tuple(n for n in field_names(GenerationConfig) if n not in shared) + (
-        "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch")
+        "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch", "static", "compile_mode")
 
 
 DLLM_ONLY = _dllm_only()
@@ -75,8 +75,15 @@ DEFAULT_MODEL = "spiffy-smollm2-dlm"
                    "near-lossless otherwise) [default: batch].")
 @click.option("--allow-mismatch", is_flag=True,
               help="Spiffy: use a calibrated graph even when it was calibrated for another model (experiments only).")
+@click.option("--static", is_flag=True,
+              help="Spiffy: every call at one static shape (padded to the budget): bit for bit the baseline run with "
+                   "--static-drafts BUDGET --static-layout VERIFY, on any device; what --compile wants.")
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "on", "auto"]), default="auto", show_default=True,
+              help="torch.compile the model's forward (fullgraph, one graph per shape; CUDA graphs on a GPU). auto: on "
+                   "for CUDA when every call has a static shape (--spiffy --static, or --static-drafts), else off.")
 @ar_sample_options
-def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, allow_mismatch, **kw):
+def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, allow_mismatch, static,
+           compile_mode, **kw):
     """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy; or, with
     --target, let the dLLM draft for an autoregressive target whose output is unchanged)."""
     ar = {k: kw.pop(k) for k in AR_SAMPLE_PARAMS}
@@ -99,9 +106,9 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
             if budget is not None and graph_file is not None:
                 raise ConfigError("give --budget or --graph, not both")
             spec = SpeculativeConfig(budget=8 if budget is None else budget, graph=graph_file,
-                                     verify=verify or "batch", allow_mismatch=allow_mismatch).validate()
-        elif budget is not None or graph_file is not None or verify is not None or allow_mismatch:
-            raise ConfigError("--budget, --graph, --verify and --allow-mismatch need --spiffy")
+                                     verify=verify or "batch", allow_mismatch=allow_mismatch, static=static).validate()
+        elif budget is not None or graph_file is not None or verify is not None or allow_mismatch or static:
+            raise ConfigError("--budget, --graph, --verify, --allow-mismatch and --static need --spiffy")
         try:
             backend = load_backend(model or DEFAULT_MODEL, device=device, dtype=dtype)
         except SpiffyError as e:
@@ -109,6 +116,9 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
                 raise type(e)(f"{e} (the default model {DEFAULT_MODEL} adapts that base; or pass --model "
                               "spiffy-dllm-ref, the bundled 2.5M reference dLLM, nothing to download)") from None
             raise
+        if compile_mode == "on" or (compile_mode == "auto" and backend.device.type == "cuda"
+                                    and (cfg.static_drafts or (spec is not None and spec.static))):
+            backend.compile()
         res = generate(backend, prompt, cfg, chat=not raw, speculative=spec)
     except SpiffyError as e:
         fail(str(e))
