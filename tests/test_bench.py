@@ -97,3 +97,22 @@ def test_bench_uses_calibrated_graph_and_refuses_a_mismatched_one(tmp_path, monk
     write_graph_artifact(g, path, {"model": "tiny-llada", "fingerprint": bad})
     with pytest.raises(ArtifactError, match="different model"):
         run_dllm_bench(be, [[5, 6, 7]], [Setting(cache="none")], [2], cfg, vanilla=False)
+
+
+def test_bench_static_mode(tmp_path):
+    """--mode static: eager and compiled, plain and static; static Spiffy equals the static baseline (eager and
+    compiled) and uses fewer calls."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("what is two plus two?\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["bench", "--mode", "static", "--model", "tiny-llada", "--dataset", str(prompts),
+                                  "--gen-length", "16", "--block-length", "8", "--budgets", "3", "--cache", "dual",
+                                  "--raw", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench_static.json").read_text())
+    (row,) = res["rows"]
+    assert row["static_equals_static_baseline"] == row["compiled_static_equals_compiled_static_baseline"] == 1
+    assert row["nfe"]["spiffy_static"] == row["nfe"]["spiffy_static_c"] < row["nfe"]["base_static"]
+    assert set(row["tokens_per_s"]) == {"base", "base_static", "spiffy", "spiffy_static", "base_c", "base_static_c",
+                                        "spiffy_static_c"}
+    assert (out / "bench_static.md").read_text().startswith("| setting |")

@@ -2,6 +2,7 @@
 
 ``--mode spiffy`` (default): baseline vs Spiffy on the same prompts (:mod:`spiffy.bench.dllm`).
 ``--mode batch``: Spiffy on batches of prompts vs the same prompts one at a time (:mod:`spiffy.bench.batch`).
+``--mode static``: static shapes and compiled steps, baseline and Spiffy, eager and compiled (:mod:`spiffy.bench.static`).
 ``--mode ar``: the dLLM-drafter / AR-target benchmark, implemented in ``spiffy.bench.ar.run_ar_bench``
 (imported only in that mode). Its own options go in :data:`AR_OPTIONS` below; every option of the
 command is passed to ``run_ar_bench`` as a keyword argument.
@@ -70,9 +71,10 @@ def bench_defaults(f):
 
 @main.command()
 @bench_defaults
-@click.option("--mode", type=click.Choice(["spiffy", "batch", "ar", "serve"]), default="spiffy", show_default=True,
+@click.option("--mode", type=click.Choice(["spiffy", "batch", "static", "ar", "serve"]), default="spiffy", show_default=True,
               help="spiffy: baseline vs Spiffy on a dLLM; batch: Spiffy on batches vs one prompt at a time "
-                   "(spiffy.bench.batch); ar: dLLM drafters for an AR target (spiffy.bench.ar); "
+                   "(spiffy.bench.batch); static: static shapes and compiled steps, eager vs compiled "
+                   "(spiffy.bench.static); ar: dLLM drafters for an AR target (spiffy.bench.ar); "
                    "serve: `spiffy serve` under 1..N concurrent clients (spiffy.bench.serve).")
 @click.option("--batch-sizes", default="1,4,8", show_default=True, help="[batch] Comma-separated batch sizes.")
 @click.option("--model", default=None, help="dLLM checkpoint [default: the bundled reference dLLM].")
@@ -127,8 +129,8 @@ def bench(mode, **kw):
         reject_given(ctx, AR_BENCH_ONLY + SERVE_ONLY, f"to --mode {mode} (they set the AR-verifier benchmark: add --mode ar)")
     if mode != "batch":
         reject_given(ctx, ("batch_sizes",), "without --mode batch")
-    else:
-        reject_given(ctx, ("predict", "ceiling", "vanilla") + PARALLEL_PARAMS, "to --mode batch")
+    if mode in ("batch", "static"):
+        reject_given(ctx, ("predict", "ceiling", "vanilla") + PARALLEL_PARAMS, f"to --mode {mode}")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -138,12 +140,12 @@ def bench(mode, **kw):
         except SpiffyError as e:
             fail(str(e))
         return
-    run_spiffy_bench(batch_mode=mode == "batch", **kw)
+    run_spiffy_bench(bench_mode=mode, **kw)
 
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
                      predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, resume=False,
-                     shard_size=4, dist_timeout=120.0, batch_mode=False, batch_sizes="1", **kw):
+                     shard_size=4, dist_timeout=120.0, bench_mode="spiffy", batch_sizes="1", **kw):
     import torch
 
     from ..backends import load_backend
@@ -171,15 +173,17 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
-        if batch_mode:
-            if world.distributed:
-                raise SpiffyError("--mode batch runs in one process (it compares decodes on one device): not under torchrun")
+        if bench_mode != "spiffy" and world.distributed:
+            raise SpiffyError(f"--mode {bench_mode} runs in one process (it compares decodes on one device): "
+                              "not under torchrun")
+        if bench_mode == "batch":
             sizes = int_list(batch_sizes, "--batch-sizes", 1, 256)    # before the model loads
         device = world.device(device)
         backend = load_backend(model, device=device, dtype=dtype)
-        if batch_mode:
-            return run_batch_mode(backend, sets, settings, budget_list, base_cfg, sizes, verify, graph_file, prune,
-                                  use_calibration, allow_mismatch, raw, out_dir, device)
+        if bench_mode != "spiffy":
+            return run_one_process_mode(bench_mode, backend, sets, settings, budget_list, base_cfg,
+                                        sizes if bench_mode == "batch" else None, verify, graph_file, prune,
+                                        use_calibration, allow_mismatch, raw, out_dir, device)
         result = {"machine": {**machine_info(device), "ranks": world.size}, "model": backend.name,
                   "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
                            "graph": graph_file, "use_calibration": use_calibration, "prune": prune,
@@ -215,10 +219,10 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
     click.echo(json.dumps({"outputs": paths, "machine": result["machine"]}))
 
 
-def run_batch_mode(backend, sets, settings, budgets, base_cfg, sizes, verify, graph, prune, use_calibration,
-                   allow_mismatch, raw, out_dir, device):
+def run_one_process_mode(mode, backend, sets, settings, budgets, base_cfg, sizes, verify, graph, prune,
+                         use_calibration, allow_mismatch, raw, out_dir, device):
+    """``--mode batch`` (:mod:`spiffy.bench.batch`) and ``--mode static`` (:mod:`spiffy.bench.static`)."""
     from ..atomic import atomic_write_json, atomic_write_text
-    from ..bench.batch import markdown, run_batch_bench
     from ..bench.dllm import resolve_specs, timestamp
     from ..bench.machine import machine_info
 
@@ -228,14 +232,22 @@ def run_batch_mode(backend, sets, settings, budgets, base_cfg, sizes, verify, gr
         specs = resolve_specs(backend, cfg, budgets, verify, graph, prune, use_calibration, allow_mismatch)
         plan.append((st.name, cfg, {D: spec for D, (spec, _) in specs.items()}))
     prompts = [backend.encode_prompt(r["prompt"], chat=not raw) for rows in sets.values() for r in rows]
-    rows = run_batch_bench(backend, prompts, plan, sizes, progress=lambda s: click.echo(f"  {s}", err=True))
+    say = lambda s: click.echo(f"  {s}", err=True)   # noqa: E731
+    if mode == "batch":
+        from ..bench.batch import markdown, run_batch_bench
+
+        rows = run_batch_bench(backend, prompts, plan, sizes, progress=say)
+    else:
+        from ..bench.static import markdown, run_static_bench
+
+        rows = run_static_bench(backend, prompts, plan, progress=say)
     res = {"machine": machine_info(device), "model": backend.name, "datasets": list(sets), "prompts": len(prompts),
            "generation": base_cfg.to_dict(), "verify": verify, "rows": rows}
-    out = Path(out_dir) if out_dir else Path("runs") / f"bench-batch-{timestamp()}"
-    atomic_write_json(out / "bench_batch.json", res)
-    atomic_write_text(out / "bench_batch.md", markdown(rows) + "\n")
+    out = Path(out_dir) if out_dir else Path("runs") / f"bench-{mode}-{timestamp()}"
+    atomic_write_json(out / f"bench_{mode}.json", res)
+    atomic_write_text(out / f"bench_{mode}.md", markdown(rows) + "\n")
     click.echo(markdown(rows))
-    click.echo(json.dumps({"outputs": [str(out / "bench_batch.json"), str(out / "bench_batch.md")],
+    click.echo(json.dumps({"outputs": [str(out / f"bench_{mode}.json"), str(out / f"bench_{mode}.md")],
                            "machine": res["machine"]}))
 
 
