@@ -17,6 +17,7 @@ class GenerationResult:
     model_s: float = 0.0      # time inside model forwards
     stats: Optional[Any] = None   # decoder-specific statistics (Spiffy: SpeculativeStats)
     config: dict = field(default_factory=dict)
+    calls: list = field(default_factory=list)   # (query tokens, frozen-context tokens) per counted model call
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -66,6 +66,8 @@ class Row:
     bookkeeping_s: float = 0.0
     mismatches: Optional[int] = None
     graph_source: str = "default"
+    projected_base_s: Optional[float] = None    # the cost model's seconds (spiffy.bench.cost_model), not measured
+    projected_s: Optional[float] = None
     per_prompt_nfe_ratio: list = field(default_factory=list)
     per_prompt_wall_ratio: list = field(default_factory=list)
 
@@ -85,6 +87,10 @@ class Row:
             d["ceiling_nfe_ratio"] = round(self.base_nfe / self.ceiling_nfe, 4)
         if self.predicted_nfe is not None:
             d["predicted_equals_measured"] = self.predicted_nfe == self.nfe
+        if self.projected_s:
+            d["projected_wall_ratio"] = round(self.projected_base_s / self.projected_s, 4)
+            if d["nfe_ratio"]:
+                d["projected_fraction_of_nfe_ratio"] = round(d["projected_wall_ratio"] / d["nfe_ratio"], 4)
         if vanilla_tps and d["tokens_per_s"]:
             d["tokens_per_s_gain_vs_vanilla"] = round(d["tokens_per_s"] / vanilla_tps, 4)
         overhead = self.drafting_s + self.bookkeeping_s
@@ -133,14 +139,15 @@ def measure_prompt(backend, p: list, plan: list, vanilla_cfg: Optional[Generatio
             st = res.stats
             run = {"nfe": res.nfe, "wall_s": res.wall_s, "tokens": res.token_ids[0], "rounds": st.rounds,
                    "accepted": st.accepted, "model_s": st.model_s, "drafting_s": st.drafting_s,
-                   "bookkeeping_s": st.bookkeeping_s, "exact": st.exact}
+                   "bookkeeping_s": st.bookkeeping_s, "exact": st.exact, "calls": res.calls}
             if trace is not None and predict:
                 provider, _ = provider_for(backend, cfg, spec)
                 run["predicted_nfe"] = replay_trace(trace, provider, spec.pruner())
             if trace is not None and ceiling:
                 run["ceiling_nfe"] = ceiling_nfe(trace, D)
             runs[D] = run
-        rec["settings"].append({"base": {"nfe": base.nfe, "wall_s": base.wall_s, "tokens": base.token_ids[0]},
+        rec["settings"].append({"base": {"nfe": base.nfe, "wall_s": base.wall_s, "tokens": base.token_ids[0],
+                                         "calls": base.calls},
                                 "runs": runs})
     return rec
 
@@ -148,7 +155,8 @@ def measure_prompt(backend, p: list, plan: list, vanilla_cfg: Optional[Generatio
 def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting], budgets: Sequence[int],
                    base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
                    vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
-                   use_calibration: bool = True, allow_mismatch: bool = False, sharding=None) -> Optional[dict]:
+                   use_calibration: bool = True, allow_mismatch: bool = False, sharding=None,
+                   cost=None) -> Optional[dict]:
     """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...], "outputs": [...]}
     (``outputs``: per prompt and setting, the baseline's and each budget's token ids). The draft graph
     of each (setting, budget) is resolved once, before decoding, so every prompt, and the replay, use
@@ -179,11 +187,12 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
     records = sharding.map(list(prompts), one, "bench", job)
     if records is None:
         return None
-    return aggregate(records, settings, plan, vanilla)
+    return aggregate(records, settings, plan, vanilla, cost)
 
 
-def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool) -> dict:
-    """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order)."""
+def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool, cost=None) -> dict:
+    """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order); ``cost``
+    (a :class:`~spiffy.bench.cost_model.CostTable`) adds each row's projected seconds from its calls' shapes."""
     out = {"rows": [], "outputs": []}
     vanilla_tps = None
     if vanilla:
@@ -214,6 +223,9 @@ def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: b
                 row.model_s += run["model_s"]
                 row.drafting_s += run["drafting_s"]
                 row.bookkeeping_s += run["bookkeeping_s"]
+                if cost is not None:
+                    row.projected_base_s = (row.projected_base_s or 0.0) + cost.price(base["calls"])
+                    row.projected_s = (row.projected_s or 0.0) + cost.price(run["calls"])
                 if not run["exact"]:
                     row.mismatches = (row.mismatches or 0) + int(run["tokens"] != base["tokens"])
                 if "predicted_nfe" in run:
@@ -230,6 +242,9 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
         cols += ["replay-predicted NFE"]
     if ceiling:
         cols += ["ceiling ratio"]
+    projected = any(r.get("projected_wall_ratio") for r in result["rows"])
+    if projected:
+        cols += ["projected wall ratio (cost model)"]
     cols += ["graph", "identical", "accepted/round", "wall ratio", "median wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
              "overhead"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -240,6 +255,9 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
             vals.append(f"{r['predicted_nfe']}" + ("" if r.get("predicted_equals_measured") else " (differs!)"))
         if ceiling:
             vals.append(f"{r.get('ceiling_nfe_ratio', 0):.2f}x")
+        if projected:
+            vals.append(f"{r['projected_wall_ratio']:.2f}x ({r['projected_fraction_of_nfe_ratio']:.2f} of NFE)"
+                        if r.get("projected_wall_ratio") else "-")
         vals += ["calibrated" if r.get("graph_source", "").startswith("calibrated") else "default",
                  f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
                  f"{r['wall_ratio']:.2f}x", f"{r['wall_ratio_median']:.2f}x" if r.get("wall_ratio_median") else "-",

@@ -24,6 +24,7 @@ from .bench_ar import ar_click_options  # noqa: E402
 AR_OPTIONS: list = ar_click_options()
 AR_BENCH_ONLY = tuple(o(lambda: None).__click_params__[0].name for o in AR_OPTIONS)   # their parameter names
 DLLM_BENCH_ONLY = ("budgets", "graph_file", "use_calibration", "prune", "verify", "caches", "thresholds", "ks", "predict",
+                   "cost_model",
                    "ceiling", "vanilla", "allow_mismatch", "block_length", "cfg_scale", "remasking", "sampler", "top_p",
                    "top_k", "early_stop", "alg_temp", "logits_eos_inf", "confidence_eos_eot_inf")
 
@@ -101,6 +102,9 @@ def bench_defaults(f):
 @click.option("--predict", is_flag=True,
               help="Also replay the baseline's traces with the same graph and print the predicted NFE.")
 @click.option("--ceiling", is_flag=True, help="Also report the NFE ceiling any graph of each budget could reach.")
+@click.option("--cost-model", "cost_model", default=None,
+              help="Also project each row's wall-clock ratio on another machine from the run's call shapes priced by a "
+                   "cost table (a JSON file, or a bundled name: h100-llada8b-bf16); labelled projected.")
 @click.option("--vanilla/--no-vanilla", default=True, show_default=True,
               help="Time the vanilla baseline (cache none, 1 token/step) for the combined tokens/s gain.")
 @click.option("--out", "out_dir", default=None, help="Output folder [default: runs/bench-<time>].")
@@ -130,7 +134,7 @@ def bench(mode, **kw):
     if mode != "batch":
         reject_given(ctx, ("batch_sizes",), "without --mode batch")
     if mode in ("batch", "static"):
-        reject_given(ctx, ("predict", "ceiling", "vanilla") + PARALLEL_PARAMS, f"to --mode {mode}")
+        reject_given(ctx, ("predict", "ceiling", "vanilla", "cost_model") + PARALLEL_PARAMS, f"to --mode {mode}")
     if mode == "ar":
         from ..bench.ar import run_ar_bench
         from ..errors import SpiffyError
@@ -145,6 +149,7 @@ def bench(mode, **kw):
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
                      predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, resume=False,
+                     cost_model=None,
                      shard_size=4, dist_timeout=120.0, bench_mode="spiffy", batch_sizes="1", **kw):
     import torch
 
@@ -173,6 +178,11 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
+        cost = None
+        if cost_model:
+            from ..bench.cost_model import CostTable
+
+            cost = CostTable.load(cost_model)
         if bench_mode != "spiffy" and world.distributed:
             raise SpiffyError(f"--mode {bench_mode} runs in one process (it compares decodes on one device): "
                               "not under torchrun")
@@ -187,7 +197,8 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         result = {"machine": {**machine_info(device), "ranks": world.size}, "model": backend.name,
                   "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
                            "graph": graph_file, "use_calibration": use_calibration, "prune": prune,
-                           "settings": [s.name for s in settings], "generation": base_cfg.to_dict()},
+                           "settings": [s.name for s in settings], "generation": base_cfg.to_dict(),
+                           "cost_model": None if cost is None else {"name": cost.name, "device": cost.device}},
                   "rows": [], "vanilla": {}, "outputs": []}
         who = f"rank {world.rank} " if world.distributed else ""
         for name, rows in sets.items():
@@ -199,7 +210,8 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
                 res = run_dllm_bench(backend, prompts, settings, budget_list, base_cfg, verify=verify, predict=predict,
                                      ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
                                      use_calibration=use_calibration, allow_mismatch=allow_mismatch,
-                                     progress=lambda s: click.echo(f"  {who}{name}: {s}", err=True), sharding=sharding)
+                                     progress=lambda s: click.echo(f"  {who}{name}: {s}", err=True), sharding=sharding,
+                                     cost=cost)
             except SpiffyError as e:
                 raise SpiffyError(f"{name}: {e}") from None
             if res is None:   # another rank of a torchrun job: rank 0 aggregates and writes

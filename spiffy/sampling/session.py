@@ -53,6 +53,7 @@ class DecodeSession(Canvas):
         self.nfe = 0
         self.tokens_processed = 0
         self.model_time = 0.0
+        self.calls: list = []      # (query tokens, frozen-context tokens) of every counted forward
         self.shift = backend.logit_shift
 
     # ------------------------------------------------------------------ geometry
@@ -109,6 +110,7 @@ class DecodeSession(Canvas):
             self.model_time += time.perf_counter() - t0
             self.nfe += 2 if self.use_cfg else 1
             self.tokens_processed += ids.numel()
+            self.calls.append((ids.numel(), 0 if context is None else context.length))
         out.logits = self.combine(out.logits)
         return out
 
