@@ -31,7 +31,7 @@ def finish(session: DecodeSession, prompts, block_steps, t0, stats=None, config=
     return GenerationResult(
         prompt_ids=[list(p) for p in prompts], token_ids=gen, text=[session.backend.decode(g) for g in gen],
         nfe=session.nfe, tokens_processed=session.tokens_processed, block_steps=block_steps,
-        wall_s=time.perf_counter() - t0, model_s=session.model_time, stats=stats,
+        wall_s=time.perf_counter() - t0, model_s=session.clock.total(), stats=stats,
         config=config or session.cfg.to_dict(), calls=session.calls)
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import to_device
+
 LAYOUTS = ("batch", "packed")
 
 
@@ -108,7 +110,7 @@ def packed_forward(session, b: int, requests: list, sel=None, counted: bool = Tr
         parts.append(packed_row(session, b, row, torch.cat([st, pad])))
     ids, pos, valid, pmask = (torch.cat(t) for t in zip(*parts))
     mask, rows = packed_layout(session, b, N - 1, sel)
-    row_of = torch.tensor([row for row, _ in requests], device=session.x.device)
+    row_of = to_device(torch.tensor([row for row, _ in requests]), session.x.device)
     ctx = None if session.cfg.cache == "none" else session.context_rows(row_of)
     out = session.forward(ids, pos, valid, pmask, ctx, attention_mask=mask, logits_index=rows, counted=counted)
     logits = out.logits.reshape(len(requests), N, -1, out.logits.shape[-1])

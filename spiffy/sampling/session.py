@@ -29,6 +29,38 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+class ForwardClock:
+    """Seconds spent inside model forwards without stalling the host: CUDA events on a GPU (read once, at
+    the end of the decode), perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.seconds, self.pending = 0.0, []
+
+    def start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def stop(self, t0) -> None:
+        if not self.cuda:
+            self.seconds += time.perf_counter() - t0
+            return
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        self.pending.append((t0, ev))
+
+    def total(self) -> float:
+        """All forwards' seconds (on a GPU: waits for the last recorded forward to finish)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in self.pending) / 1000
+            self.pending = []
+        return self.seconds
+
+
 class DecodeSession(Canvas):
     """The canvas of a decode plus every model call made on it."""
 
@@ -52,7 +84,7 @@ class DecodeSession(Canvas):
         self.context: Optional[ContextKV] = None
         self.nfe = 0
         self.tokens_processed = 0
-        self.model_time = 0.0
+        self.clock = ForwardClock(dev)
         self.calls: list = []      # (query tokens, frozen-context tokens) of every counted forward
         self.shift = backend.logit_shift
 
@@ -100,14 +132,11 @@ class DecodeSession(Canvas):
             ids, pos, valid = torch.cat([ids, un]), torch.cat([pos, pos]), torch.cat([valid, valid])
             if logits_index is not None and logits_index.dim() == 2:
                 logits_index = torch.cat([logits_index, logits_index])
-        dev = self.backend.device
-        _sync(dev)
-        t0 = time.perf_counter()
+        t0 = self.clock.start()
         out = self.backend.forward(ids, pos, attention_mask, context, return_kv, logits_index,
                                    key_valid=valid if self.padded else None)
-        _sync(dev)
         if counted:
-            self.model_time += time.perf_counter() - t0
+            self.clock.stop(t0)
             self.nfe += 2 if self.use_cfg else 1
             self.tokens_processed += ids.numel()
             self.calls.append((ids.numel(), 0 if context is None else context.length))
@@ -135,9 +164,8 @@ class DecodeSession(Canvas):
                            logits_index=self.target_rows(b, 0))
         if cache != "none":
             qs, qe = self.query_range(b)
-            keep = torch.ones(self.L, dtype=torch.bool, device=self.x.device)
-            keep[qs:qe] = False
-            idx = keep.nonzero().squeeze(-1)
+            dev = self.x.device
+            idx = torch.cat([torch.arange(qs, device=dev), torch.arange(qe, self.L, device=dev)])   # kept positions
             layers = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in out.kv]
             valid = self.key_valid[:, idx]
             self.context = ContextKV(layers, torch.cat([valid, valid]) if self.use_cfg else valid, idx,

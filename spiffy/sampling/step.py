@@ -59,7 +59,9 @@ def _never_mask(scores, mask_id):
     (LLaDA's generate.py would commit it when the model ranks it first, leaving a hole that a later
     block refills; a trained model gives it ~0 probability, so real outputs are unaffected.) Only the
     choice of x0 is affected; confidences use the unmodified distribution."""
-    return scores.index_fill(-1, torch.tensor([mask_id], device=scores.device), NEG_INF)
+    out = scores.clone()
+    out[..., mask_id] = NEG_INF     # a Python index: no host data is uploaded (nothing waits for the device)
+    return out
 
 
 def candidate_logits(logits: torch.Tensor, cfg: GenerationConfig, sampler: str, eos_id=None) -> torch.Tensor:

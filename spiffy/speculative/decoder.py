@@ -50,9 +50,7 @@ class ModelScorer:
 
     def score(self, b: int, requests: list, counted: bool = True) -> list:
         """requests: (row, [real state, draft states...] as tuples) -> per request, a list of [n, V]."""
-        dev = self.session.x.device
-        reqs = [(row, torch.tensor(states, dtype=torch.long, device=dev)) for row, states in requests]
-        return [list(lg) for lg in verify(self.session, b, reqs, self.spec.verify, counted=counted)]
+        return [list(lg) for lg in verify(self.session, b, requests, self.spec.verify, counted=counted)]
 
 
 class SpeculativeSource:
@@ -63,6 +61,7 @@ class SpeculativeSource:
         self.scorer, self.provider, self.pruner, self.mask_id = scorer, provider, pruner, mask_id
         self.stats, self.B, self.check = stats, B, check
         self.rounds = [None] * B
+        self.host = None        # every row's current block state as lists (the host's copy; None: unknown)
         self.t_draft, self.t_book = Timer(), Timer()
 
     def close(self):
@@ -73,6 +72,7 @@ class SpeculativeSource:
 
     def first(self, b: int):
         self.close()
+        self.host = None
         self.stats.block_starts += 1
         self.stats.steps += 1
         return self.scorer.first(b)
@@ -82,8 +82,12 @@ class SpeculativeSource:
         st.steps += 1
         dist = list(dist)
         requests = []
-        with self.t_book:
-            rows_after, rows_before = after.tolist(), before.tolist()
+        with self.t_book:   # ONE device -> host copy per step (the block's first step also brings `before`)
+            if self.host is None:
+                rows_before, rows_after = torch.stack([before, after]).tolist()
+            else:
+                rows_before, rows_after = self.host, after.tolist()
+            self.host = rows_after
         for i in range(self.B):
             new = tuple(rows_after[i])
             if self.mask_id not in new:                 # row finished: no distribution is needed

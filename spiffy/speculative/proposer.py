@@ -16,28 +16,22 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import networkx as nx
+import numpy as np
 import torch
 
 from ..sampling.step import candidate_logits
 from .graph import ROOT, is_fixed, usable_depth
 
 
-def _source_from_arrays(top1, tokens, probs) -> "DraftSource":
-    return DraftSource(torch.from_numpy(top1), torch.from_numpy(tokens), torch.from_numpy(probs))
-
-
 @dataclass
 class DraftSource:
-    """Per-position summary of one distribution over the block's n positions (CPU tensors)."""
+    """Per-position summary of one distribution over the block's n positions, on the host: numpy arrays
+    (:meth:`from_logits`; CPU tensors are accepted too, e.g. in tests). Numpy also pickles fast (a torch tensor
+    pickles through a torch.save of its storage: seconds for a calibration's tens of thousands of sources)."""
 
-    top1: torch.Tensor        # [n] float64, probability of the most likely token
-    tokens: torch.Tensor      # [n, K] long, token ids by rank
-    probs: torch.Tensor       # [n, K] float64, their probabilities
-
-    def __reduce__(self):
-        # pickled as numpy arrays: a torch tensor pickles through a torch.save of its storage, which made
-        # gathering a calibration's traces between ranks (tens of thousands of sources) take seconds
-        return _source_from_arrays, (self.top1.numpy(), self.tokens.numpy(), self.probs.numpy())
+    top1: object        # [n] float64, probability of the most likely token
+    tokens: object      # [n, K] int64, token ids by rank
+    probs: object       # [n, K] float64, their probabilities
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
@@ -48,10 +42,13 @@ class DraftSource:
         l64 = logits.to(torch.float64) if cfg is None else candidate_logits(logits, cfg, sampler, eos_id)
         probs = torch.softmax(l64, dim=-1)
         if mask_id is not None:
-            probs = probs.index_fill(-1, torch.tensor([mask_id], device=probs.device), -1.0)
+            probs[..., mask_id] = -1.0
         k = max(1, min(k, probs.shape[-1] - 1))
         top = torch.topk(probs, k, dim=-1)
-        return cls(top.values[:, 0].cpu(), top.indices.cpu(), top.values.cpu())
+        # ONE device -> host copy: token ids ride along as float64 (exact below 2**53)
+        host = torch.cat([top.values, top.indices.to(torch.float64)], dim=-1).cpu().numpy()
+        values = host[:, :k]
+        return cls(values[:, 0].copy(), host[:, k:].astype(np.int64), values.copy())
 
     @property
     def k(self) -> int:
