@@ -128,3 +128,19 @@ def test_compiled_static_step(monkeypatch):
     out = generate_speculative(backend, prompt, cfg, spec)
     assert out.token_ids == base.token_ids == eager.token_ids
     assert out.nfe < base.nfe and check.calls > 0
+
+
+def test_kv_buffer_equals_concatenation():
+    """The in-place context buffer gives attention the same values and layout as concatenating the context in
+    every call: the same bits, call after call (the query part overwritten in place)."""
+    from spiffy.backends.layers import KVBuffer, attend
+
+    g = torch.Generator().manual_seed(0)
+    kc, vc = torch.randn(1, 2, 10, 8, generator=g), torch.randn(1, 2, 10, 8, generator=g)
+    buf = KVBuffer(kc.expand(3, -1, -1, -1), vc.expand(3, -1, -1, -1))
+    buf.reserve(5)
+    for _ in range(3):
+        q, k, v = torch.randn(3, 4, 5, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g)
+        assert torch.equal(attend(q, k, v, None, buf), attend(q, k, v, None, (kc, vc)))
+    with pytest.raises(RuntimeError, match="reserve"):
+        attend(q[:, :, :4], k[:, :, :4], v[:, :, :4], None, buf)

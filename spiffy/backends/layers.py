@@ -55,10 +55,41 @@ class Rotary(nn.Module):
         return (h * cos + rot * sin).to(dtype)
 
 
+class KVBuffer:
+    """One layer's keys/values of a frozen context followed by room for the query's, for a forward shape that
+    repeats (a static-shape decode): the context is written once (per block), the query's keys and values are
+    written in place by every call, and attention reads the buffer, instead of concatenating the context again
+    in every layer of every call. Same values, same layout as the concatenation, so the same results."""
+
+    def __init__(self, kc: torch.Tensor, vc: torch.Tensor):
+        self.kc, self.vc = kc, vc           # [B, Hkv, Lc, D] (views are fine: copied once into the buffer)
+        self.k = self.v = None
+
+    def reserve(self, query_length: int) -> None:
+        """Make room for ``query_length`` query positions (outside any compiled region, before the forward, so
+        that every compiled call runs the same graph)."""
+        B, H, Lc, D = self.kc.shape
+        if self.k is None or self.k.shape[2] != Lc + query_length:
+            self.k = self.kc.new_empty(B, H, Lc + query_length, D)
+            self.v = self.vc.new_empty(B, H, Lc + query_length, D)
+            self.k[:, :, :Lc] = self.kc
+            self.v[:, :, :Lc] = self.vc
+
+    def write(self, k: torch.Tensor, v: torch.Tensor):
+        Lc = self.kc.shape[2]
+        if self.k is None or self.k.shape[2] != Lc + k.shape[2]:
+            raise RuntimeError("KVBuffer: reserve() the query length before the forward")
+        self.k[:, :, Lc:] = k
+        self.v[:, :, Lc:] = v
+        return self.k, self.v
+
+
 def attend(q, k, v, mask, context_kv=None):
-    """q: [B, H, Lq, D]; k, v: [B, Hkv, Lq, D]; context_kv: optional (K, V) [B, Hkv, Lc, D];
-    mask: bool [B or 1, 1, Lq, Lc + Lq] (True = may attend) or None. Returns [B, H, Lq, D]."""
-    if context_kv is not None:
+    """q: [B, H, Lq, D]; k, v: [B, Hkv, Lq, D]; context_kv: optional (K, V) [B, Hkv, Lc, D] or a
+    :class:`KVBuffer`; mask: bool [B or 1, 1, Lq, Lc + Lq] (True = may attend) or None. Returns [B, H, Lq, D]."""
+    if isinstance(context_kv, KVBuffer):
+        k, v = context_kv.write(k, v)
+    elif context_kv is not None:
         kc, vc = context_kv
         if kc.shape[0] != k.shape[0]:
             kc, vc = kc.expand(k.shape[0], -1, -1, -1), vc.expand(k.shape[0], -1, -1, -1)

@@ -19,6 +19,7 @@ import torch
 
 from ..backends.backend import DiffusionBackend
 from ..backends.core import ContextKV
+from ..backends.layers import KVBuffer
 from .config import GenerationConfig
 from .layout import static_forward
 from .loop import Canvas
@@ -82,6 +83,7 @@ class DecodeSession(Canvas):
         self.prompt_mask[:, self.P:] = False
         self.use_cfg = cfg.cfg_scale > 0
         self.context: Optional[ContextKV] = None
+        self.buffers: dict = {}    # static shapes: rows -> the context in KV buffers (spiffy.backends.layers.KVBuffer)
         self.nfe = 0
         self.tokens_processed = 0
         self.clock = ForwardClock(dev)
@@ -110,11 +112,18 @@ class DecodeSession(Canvas):
         ctx = self.context
         if ctx is None or row_of is None:
             return ctx
+        if self.cfg.static_drafts and row_of.numel() in self.buffers:
+            return self.buffers[row_of.numel()]
         if self.B == 1 and not self.use_cfg:
-            return ctx.repeat(row_of.numel())          # views of the one row
-        idx = torch.cat([row_of, row_of + self.B]) if self.use_cfg else row_of
-        return dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx)) for k, v in ctx.layers],
-                                   valid=ctx.valid.index_select(0, idx))
+            sub = ctx.repeat(row_of.numel())          # views of the one row
+        else:
+            idx = torch.cat([row_of, row_of + self.B]) if self.use_cfg else row_of
+            sub = dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx))
+                                                   for k, v in ctx.layers], valid=ctx.valid.index_select(0, idx))
+        if self.cfg.static_drafts:   # every step of the block runs this shape: the context is copied in once
+            sub = dataclasses.replace(sub, layers=[KVBuffer(k, v) for k, v in sub.layers])
+            self.buffers[row_of.numel()] = sub
+        return sub
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.use_cfg:
@@ -132,6 +141,9 @@ class DecodeSession(Canvas):
             ids, pos, valid = torch.cat([ids, un]), torch.cat([pos, pos]), torch.cat([valid, valid])
             if logits_index is not None and logits_index.dim() == 2:
                 logits_index = torch.cat([logits_index, logits_index])
+        if context is not None and isinstance(context.layers[0], KVBuffer):
+            for buf in context.layers:
+                buf.reserve(ids.shape[1])
         t0 = self.clock.start()
         out = self.backend.forward(ids, pos, attention_mask, context, return_kv, logits_index,
                                    key_valid=valid if self.padded else None)
@@ -162,6 +174,7 @@ class DecodeSession(Canvas):
         cache = self.cfg.cache
         out = self.forward(self.x, self.pos, self.key_valid, self.prompt_mask, return_kv=cache != "none",
                            logits_index=self.target_rows(b, 0))
+        self.buffers = {}
         if cache != "none":
             qs, qe = self.query_range(b)
             dev = self.x.device
