@@ -19,12 +19,12 @@ prefix keys do not see later tokens) — it changes drafts, never the verified o
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from ..timing import ForwardClock
 from ..errors import ConfigError
 from ..sampling.config import GenerationConfig
 from ..sampling.noise import step_generator
@@ -67,7 +67,12 @@ class DLLMDrafter:
         self.ctx = None            # ContextKV of self.ctx_tokens
         self.ctx_tokens: list = []
         self.calls = 0
-        self.seconds = 0.0
+        self.clock = ForwardClock(backend.device)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds inside forwards so far (CUDA events on a GPU, read here)."""
+        return self.clock.total()
 
     @property
     def name(self):
@@ -77,10 +82,10 @@ class DLLMDrafter:
         self.ctx, self.ctx_tokens = None, []
 
     def _forward(self, *a, **kw):
-        t0 = time.perf_counter()
+        t0 = self.clock.start()
         out = self.backend.forward(*a, **kw)
         self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        self.clock.stop(t0)
         return out
 
     def _refresh(self, prefix: list):

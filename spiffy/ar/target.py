@@ -10,11 +10,11 @@ the accepted tree nodes' entries) for a tree.
 from __future__ import annotations
 
 import inspect
-import time
 from typing import Optional
 
 import torch
 
+from ..timing import ForwardClock
 from ..errors import ConfigError, ModelLoadError
 
 
@@ -44,8 +44,13 @@ class ARTarget:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.calls = 0
-        self.seconds = 0.0
+        self.clock = ForwardClock(next(model.parameters()).device)
         self.last_features: Optional[torch.Tensor] = None   # of the last run that asked for features
+
+    @property
+    def seconds(self) -> float:
+        """Seconds inside forwards so far (CUDA events on a GPU, read here)."""
+        return self.clock.total()
 
     @property
     def num_layers(self) -> int:
@@ -105,7 +110,7 @@ class ARTarget:
             feature_layers=None) -> torch.Tensor:
         """One forward over ``input_ids`` [1, T] appended to ``cache``; returns logits [T, V]. With
         ``feature_layers``, those layers' outputs [T, F] are left in :attr:`last_features`."""
-        t0 = time.perf_counter()
+        t0 = self.clock.start()
         kw = {self._cache_kw: cache, "use_cache": True}
         if position_ids is not None:
             kw["position_ids"] = position_ids
@@ -116,7 +121,7 @@ class ARTarget:
         out = self.model(input_ids=input_ids, **kw)
         self.last_features = self.features_of(out.hidden_states, feature_layers)[0] if feature_layers else None
         self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        self.clock.stop(t0)
         return out.logits[0]
 
 
