@@ -15,6 +15,11 @@ def test_probe_dry_run(tmp_path):
         assert set(saved["cost"][name]["eager"]) == {"1", "4", "9"}
     run = saved["identical"]["runs"]["batch/D3"]
     assert run["identical_rate"] == 1.0 and run["nfe_spiffy"] <= run["nfe_baseline"]
+    for key in ("static-batch/D3", "static-packed/D3"):   # bit for bit the static baseline, by construction
+        assert saved["identical"]["runs"][key]["identical_rate"] == 1.0
+    comp = saved["identical"]["compiled"]
+    assert "error" not in comp, comp
+    assert comp["compiled_spiffy_equals_compiled_baseline"] and comp["eager_spiffy_s"] > 0
     proj = saved["projection"]["llada-8b/eager/batch/D3"]
     assert proj["nfe_ratio"] == run["nfe_ratio"] and proj["projected_wall_ratio"] > 0
 

@@ -142,7 +142,6 @@ def identical_rate(device: str, prompts: int, gen_length: int, budgets: list, de
 
     t0 = time.time()
     be = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
-    rows = []
     texts = []
     for p in sorted((resource_dir("calibration") / "prompts").glob("*.jsonl"))[:1]:
         texts = [json.loads(line).get("prompt") or json.loads(line).get("question") for line in
@@ -152,25 +151,74 @@ def identical_rate(device: str, prompts: int, gen_length: int, budgets: list, de
     texts = texts[:prompts]
     common = dict(gen_length=gen_length, block_length=32, cache="dual", early_stop=True)
     out = {"model": be.name, "prompts": len(texts), "gen_length": gen_length, "runs": {}}
-    for verify in ("batch", "packed"):
+    plain = {}
+    for static, verify in [(s, v) for s in (False, True) for v in ("batch", "packed")]:
         for D in budgets:
-            key = f"{verify}/D{D}"
+            key = f"{'static-' if static else ''}{verify}/D{D}"
             if time.time() > deadline:
                 out["runs"][key] = "skipped: budget"
                 continue
-            same, nfe_b, nfe_s, shapes = 0, 0, 0, {"block_starts": 0, "rounds": 0, "drafts_verified": 0, "steps": 0}
+            same, same_plain, nfe_b, nfe_s = 0, 0, 0, 0
+            shapes = {"block_starts": 0, "rounds": 0, "drafts_verified": 0, "steps": 0}
             for t in texts:
-                a = generate(be, t, **common)
-                b = generate(be, t, speculative=SpeculativeConfig(budget=D, verify=verify), **common)
+                if t not in plain:
+                    plain[t] = generate(be, t, **common)
+                # static: compared with the baseline run at the same static shape (bit for bit by construction)
+                a = generate(be, t, static_drafts=D, static_layout=verify, **common) if static else plain[t]
+                b = generate(be, t, speculative=SpeculativeConfig(budget=D, verify=verify, static=static), **common)
                 same += int(a.token_ids == b.token_ids)
+                same_plain += int(plain[t].token_ids == b.token_ids)
                 nfe_b += a.nfe
                 nfe_s += b.nfe
                 for k in shapes:
                     shapes[k] += int(getattr(b.stats, k))
-            out["runs"][key] = {"identical_rate": same / len(texts), "nfe_baseline": nfe_b, "nfe_spiffy": nfe_s,
+            out["runs"][key] = {"identical_rate": same / len(texts), "identical_to_plain_baseline": same_plain / len(texts),
+                                "nfe_baseline": nfe_b, "nfe_spiffy": nfe_s,
                                 "nfe_ratio": round(nfe_b / max(1, nfe_s), 3), **shapes}
+    if budgets and texts and time.time() < deadline:
+        out["compiled"] = compiled_static(be, texts[0], budgets[-1], common)
     out["seconds"] = round(time.time() - t0, 1)
     return out
+
+
+def compiled_static(be, text: str, D: int, common: dict) -> dict:
+    """One prompt at one budget, static shapes, eager then compiled (``backend.compile``: CUDA graphs on a GPU):
+    seconds of the second decode of each (the first compiles), and whether compiled Spiffy equals the compiled
+    static baseline and the eager decode."""
+    import torch
+
+    from ..generation import generate
+    from ..speculative import SpeculativeConfig
+
+    spec = SpeculativeConfig(budget=D, static=True)
+    runs = {"baseline": lambda: generate(be, text, static_drafts=D, **common),
+            "spiffy": lambda: generate(be, text, speculative=spec, **common)}
+    res = {"budget": D}
+    try:
+        for phase in ("eager", "compiled"):
+            if phase == "compiled":
+                t = time.time()
+                be.compile()
+                for f in runs.values():
+                    f()
+                res["compile_s"] = round(time.time() - t, 1)
+            for name, f in runs.items():
+                f() if phase == "eager" else None
+                if be.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                r = f()
+                res[f"{phase}_{name}_s"] = round(time.perf_counter() - t, 4)
+                res[f"{phase}_{name}_tokens"] = r.token_ids[0]
+        res["compiled_spiffy_equals_compiled_baseline"] = res["compiled_spiffy_tokens"] == res["compiled_baseline_tokens"]
+        res["compiled_equals_eager"] = res["compiled_spiffy_tokens"] == res["eager_spiffy_tokens"]
+        for k in [k for k in res if k.endswith("_tokens")]:
+            del res[k]
+    except Exception as e:   # a compile failure is a result too
+        res["error"] = f"{type(e).__name__}: {e}"[:500]
+    finally:
+        be._call, be.compiled = None, None
+    return res
 
 
 def _interp(curve: dict, r: float) -> float:

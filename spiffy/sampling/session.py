@@ -12,7 +12,6 @@ the position just before the block, so every block position gets a fresh predict
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Optional
 
 import torch
