@@ -17,7 +17,7 @@ def test_probe_dry_run(tmp_path):
     assert run["identical_rate"] == 1.0 and run["nfe_spiffy"] <= run["nfe_baseline"]
     for key in ("static-batch/D3", "static-packed/D3"):   # bit for bit the static baseline, by construction
         assert saved["identical"]["runs"][key]["identical_rate"] == 1.0
-    comp = saved["identical"]["compiled"]
+    comp = saved["identical"]["compiled"]["D3"]
     assert "error" not in comp, comp
     assert comp["compiled_spiffy_equals_compiled_baseline"] and comp["eager_spiffy_s"] > 0
     proj = saved["projection"]["llada-8b/eager/batch/D3"]

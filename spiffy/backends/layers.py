@@ -57,23 +57,35 @@ class Rotary(nn.Module):
 
 class KVBuffer:
     """One layer's keys/values of a frozen context followed by room for the query's, for a forward shape that
-    repeats (a static-shape decode): the context is written once (per block), the query's keys and values are
+    repeats (a static-shape decode): the context is copied in once per block, the query's keys and values are
     written in place by every call, and attention reads the buffer, instead of concatenating the context again
-    in every layer of every call. Same values, same layout as the concatenation, so the same results."""
+    in every layer of every call. Same values, same layout as the concatenation, so the same results. The
+    buffer is kept from block to block while its shape holds (the dual cache's context has one length), and on
+    a GPU its address is marked static, so that CUDA graphs can replay a step that writes into it."""
 
     def __init__(self, kc: torch.Tensor, vc: torch.Tensor):
-        self.kc, self.vc = kc, vc           # [B, Hkv, Lc, D] (views are fine: copied once into the buffer)
         self.k = self.v = None
+        self.set_context(kc, vc)
+
+    def set_context(self, kc: torch.Tensor, vc: torch.Tensor) -> None:
+        """A new block's context [B, Hkv, Lc, D] (views are fine: copied into the buffer by :meth:`reserve`)."""
+        self.kc, self.vc, self.stale = kc, vc, True
 
     def reserve(self, query_length: int) -> None:
-        """Make room for ``query_length`` query positions (outside any compiled region, before the forward, so
-        that every compiled call runs the same graph)."""
+        """Make room for ``query_length`` query positions and copy a new context in (outside any compiled
+        region, before the forward, so that every compiled call runs the same graph on the same memory)."""
         B, H, Lc, D = self.kc.shape
-        if self.k is None or self.k.shape[2] != Lc + query_length:
-            self.k = self.kc.new_empty(B, H, Lc + query_length, D)
-            self.v = self.vc.new_empty(B, H, Lc + query_length, D)
+        shape = (B, H, Lc + query_length, D)
+        if self.k is None or tuple(self.k.shape) != shape or self.k.dtype != self.kc.dtype:
+            self.k, self.v = self.kc.new_empty(shape), self.vc.new_empty(shape)
+            if self.k.is_cuda:
+                torch._dynamo.mark_static_address(self.k, guard=False)
+                torch._dynamo.mark_static_address(self.v, guard=False)
+            self.stale = True
+        if self.stale:
             self.k[:, :, :Lc] = self.kc
             self.v[:, :, :Lc] = self.vc
+            self.stale = False
 
     def write(self, k: torch.Tensor, v: torch.Tensor):
         Lc = self.kc.shape[2]

@@ -64,3 +64,46 @@ def count_host_syncs():
 
 def total(counts: Counter) -> int:
     return sum(counts.values())
+
+
+def measure(device: str = "cpu", gen_length: int = 128, budget: int = 5, static: bool = True) -> dict:
+    """The bundled reference dLLM, one GSM8K-like prompt, dual cache: reads counted per step (baseline) and per
+    round (Spiffy); on CUDA also the synchronisations torch itself reports (``set_sync_debug_mode``)."""
+    import warnings
+
+    from ..backends import load_backend
+    from ..generation import generate
+    from ..speculative import SpeculativeConfig
+
+    be = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
+    text = "Tom has 3 apples and buys 5 more. How many apples does he have?"
+    common = dict(gen_length=gen_length, block_length=32, cache="dual")
+    generate(be, text, speculative=SpeculativeConfig(budget=budget), **common)   # one-time fingerprint reads
+    out = {}
+    for name, spec in (("baseline", None), ("spiffy", SpeculativeConfig(budget=budget, static=static))):
+        cuda = torch.device(device).type == "cuda"
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with count_host_syncs() as c:
+                    r = generate(be, text, speculative=spec, **common)
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode(0)
+        row = {"counted": dict(c), "counted_total": total(c), "steps": sum(r.block_steps), "nfe": r.nfe}
+        if r.stats is not None:
+            row["rounds"] = r.stats.rounds
+            row["counted_per_round"] = round(total(c) / max(1, r.stats.rounds), 2)
+        if cuda:
+            row["torch_reported_syncs"] = sum("synchroniz" in str(w.message) for w in seen)
+        out[name] = row
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(measure(sys.argv[1] if len(sys.argv) > 1 else "cpu")))

@@ -51,7 +51,8 @@ class DecodeSession(Canvas):
         self.prompt_mask[:, self.P:] = False
         self.use_cfg = cfg.cfg_scale > 0
         self.context: Optional[ContextKV] = None
-        self.buffers: dict = {}    # static shapes: rows -> the context in KV buffers (spiffy.backends.layers.KVBuffer)
+        self.buffers: dict = {}    # static shapes: rows -> (block, the context in KV buffers: backends.layers.KVBuffer)
+        self.block = -1
         self.nfe = 0
         self.tokens_processed = 0
         self.clock = ForwardClock(dev)
@@ -80,8 +81,9 @@ class DecodeSession(Canvas):
         ctx = self.context
         if ctx is None or row_of is None:
             return ctx
-        if self.cfg.static_drafts and row_of.numel() in self.buffers:
-            return self.buffers[row_of.numel()]
+        kept = self.buffers.get(row_of.numel()) if self.cfg.static_drafts else None
+        if kept is not None and kept[0] == self.block:
+            return kept[1]
         if self.B == 1 and not self.use_cfg:
             sub = ctx.repeat(row_of.numel())          # views of the one row
         else:
@@ -89,8 +91,14 @@ class DecodeSession(Canvas):
             sub = dataclasses.replace(ctx, layers=[(k.index_select(0, idx), v.index_select(0, idx))
                                                    for k, v in ctx.layers], valid=ctx.valid.index_select(0, idx))
         if self.cfg.static_drafts:   # every step of the block runs this shape: the context is copied in once
-            sub = dataclasses.replace(sub, layers=[KVBuffer(k, v) for k, v in sub.layers])
-            self.buffers[row_of.numel()] = sub
+            if kept is None:
+                layers = [KVBuffer(k, v) for k, v in sub.layers]
+            else:                    # the buffers of earlier blocks, refilled (same memory when the shape holds)
+                layers = kept[1].layers
+                for buf, (k, v) in zip(layers, sub.layers):
+                    buf.set_context(k, v)
+            sub = dataclasses.replace(sub, layers=layers)
+            self.buffers[row_of.numel()] = (self.block, sub)
         return sub
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
@@ -142,7 +150,7 @@ class DecodeSession(Canvas):
         cache = self.cfg.cache
         out = self.forward(self.x, self.pos, self.key_valid, self.prompt_mask, return_kv=cache != "none",
                            logits_index=self.target_rows(b, 0))
-        self.buffers = {}
+        self.block = b
         if cache != "none":
             qs, qe = self.query_range(b)
             dev = self.x.device
