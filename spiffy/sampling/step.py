@@ -146,7 +146,7 @@ def select_commits(confidence, n_commit: Optional[list], threshold: Optional[flo
             idx = torch.topk(torch.log_softmax(confidence[b] / alg_temp, -1) + g, k).indices
         else:
             idx = torch.topk(confidence[b], k).indices
-        out[b, idx] = True
+        out[b].scatter_(0, idx, True)   # a scalar fill: indexing with `= True` would upload a host scalar
     return out & masked
 
 
