@@ -63,7 +63,8 @@ def test_bench_projects(tmp_path):
                                   "--cost-model", str(table(tmp_path)), "--out", str(out)])
     assert r.exit_code == 0, r.output
     (row,) = json.loads((out / "bench.json").read_text())["rows"]
-    assert row["projected_wall_ratio"] == round(row["projected_base_s"] / row["projected_s"], 4)
+    p = row["projected"]["t"]
+    assert p["wall_ratio"] == round(p["baseline_s"] / p["spiffy_s"], 4) and p["baseline_s"] > 0
     assert "projected wall ratio" in (out / "bench.md").read_text()
     r = CliRunner().invoke(main, ["bench", "--model", "tiny-llada", "--dataset", str(prompts), "--cost-model", "nope"])
     assert r.exit_code != 0 and "no bundled table" in r.output

@@ -306,6 +306,10 @@ def main(argv=None) -> dict:
                                           deadline + 120)
     except Exception as e:
         res["identical"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    from .cost_model import table_from_probe
+
+    res["cost_tables"] = {f"{m}/{mode}": table_from_probe(res, m, mode, f"{m}-{mode}") for m, c in res["cost"].items()
+                          if isinstance(c, dict) for mode in ("eager", "compiled") if c.get(mode)}
     res["projection"] = projection({k: v for k, v in res["cost"].items() if isinstance(v, dict) and "eager" in v},
                                    res["identical"] if isinstance(res["identical"], dict) else {})
     res["seconds"] = round(time.time() - t_start, 1)

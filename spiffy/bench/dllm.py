@@ -66,8 +66,7 @@ class Row:
     bookkeeping_s: float = 0.0
     mismatches: Optional[int] = None
     graph_source: str = "default"
-    projected_base_s: Optional[float] = None    # the cost model's seconds (spiffy.bench.cost_model), not measured
-    projected_s: Optional[float] = None
+    projected: dict = field(default_factory=dict)   # cost table -> [baseline s, Spiffy s] (spiffy.bench.cost_model)
     per_prompt_nfe_ratio: list = field(default_factory=list)
     per_prompt_wall_ratio: list = field(default_factory=list)
 
@@ -87,10 +86,12 @@ class Row:
             d["ceiling_nfe_ratio"] = round(self.base_nfe / self.ceiling_nfe, 4)
         if self.predicted_nfe is not None:
             d["predicted_equals_measured"] = self.predicted_nfe == self.nfe
-        if self.projected_s:
-            d["projected_wall_ratio"] = round(self.projected_base_s / self.projected_s, 4)
-            if d["nfe_ratio"]:
-                d["projected_fraction_of_nfe_ratio"] = round(d["projected_wall_ratio"] / d["nfe_ratio"], 4)
+        d["projected"] = {}
+        for name, (base_s, s) in self.projected.items():   # a model's figures, not measured here
+            ratio = base_s / s
+            d["projected"][name] = {"baseline_s": round(base_s, 4), "spiffy_s": round(s, 4),
+                                    "wall_ratio": round(ratio, 4),
+                                    "fraction_of_nfe_ratio": round(ratio / d["nfe_ratio"], 4) if d["nfe_ratio"] else None}
         if vanilla_tps and d["tokens_per_s"]:
             d["tokens_per_s_gain_vs_vanilla"] = round(d["tokens_per_s"] / vanilla_tps, 4)
         overhead = self.drafting_s + self.bookkeeping_s
@@ -156,7 +157,7 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
                    base_cfg: GenerationConfig, verify: str = "batch", predict: bool = False, ceiling: bool = False,
                    vanilla: bool = True, graph=None, prune=None, progress: Optional[Callable[[str], None]] = None,
                    use_calibration: bool = True, allow_mismatch: bool = False, sharding=None,
-                   cost=None) -> Optional[dict]:
+                   costs=()) -> Optional[dict]:
     """Run the benchmark; returns {"vanilla": {...}, "rows": [Row.summary ...], "outputs": [...]}
     (``outputs``: per prompt and setting, the baseline's and each budget's token ids). The draft graph
     of each (setting, budget) is resolved once, before decoding, so every prompt, and the replay, use
@@ -187,12 +188,12 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
     records = sharding.map(list(prompts), one, "bench", job)
     if records is None:
         return None
-    return aggregate(records, settings, plan, vanilla, cost)
+    return aggregate(records, settings, plan, vanilla, costs)
 
 
-def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool, cost=None) -> dict:
-    """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order); ``cost``
-    (a :class:`~spiffy.bench.cost_model.CostTable`) adds each row's projected seconds from its calls' shapes."""
+def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool, costs=()) -> dict:
+    """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order); ``costs``
+    (:class:`~spiffy.bench.cost_model.CostTable` s) add each row's projected seconds from its calls' shapes."""
     out = {"rows": [], "outputs": []}
     vanilla_tps = None
     if vanilla:
@@ -223,9 +224,10 @@ def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: b
                 row.model_s += run["model_s"]
                 row.drafting_s += run["drafting_s"]
                 row.bookkeeping_s += run["bookkeeping_s"]
-                if cost is not None:
-                    row.projected_base_s = (row.projected_base_s or 0.0) + cost.price(base["calls"])
-                    row.projected_s = (row.projected_s or 0.0) + cost.price(run["calls"])
+                for cost in costs:
+                    acc = row.projected.setdefault(cost.name, [0.0, 0.0])
+                    acc[0] += cost.price(base["calls"])
+                    acc[1] += cost.price(run["calls"])
                 if not run["exact"]:
                     row.mismatches = (row.mismatches or 0) + int(run["tokens"] != base["tokens"])
                 if "predicted_nfe" in run:
@@ -242,9 +244,8 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
         cols += ["replay-predicted NFE"]
     if ceiling:
         cols += ["ceiling ratio"]
-    projected = any(r.get("projected_wall_ratio") for r in result["rows"])
-    if projected:
-        cols += ["projected wall ratio (cost model)"]
+    projected = sorted({name for r in result["rows"] for name in r.get("projected") or {}})
+    cols += [f"projected wall ratio ({name})" for name in projected]
     cols += ["graph", "identical", "accepted/round", "wall ratio", "median wall ratio", "base tok/s", "Spiffy tok/s", "tok/s vs vanilla",
              "overhead"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -255,9 +256,9 @@ def markdown_table(result: dict, predict: bool, ceiling: bool) -> str:
             vals.append(f"{r['predicted_nfe']}" + ("" if r.get("predicted_equals_measured") else " (differs!)"))
         if ceiling:
             vals.append(f"{r.get('ceiling_nfe_ratio', 0):.2f}x")
-        if projected:
-            vals.append(f"{r['projected_wall_ratio']:.2f}x ({r['projected_fraction_of_nfe_ratio']:.2f} of NFE)"
-                        if r.get("projected_wall_ratio") else "-")
+        for name in projected:
+            p = (r.get("projected") or {}).get(name)
+            vals.append(f"{p['wall_ratio']:.2f}x ({p['fraction_of_nfe_ratio']:.2f} of NFE)" if p else "-")
         vals += ["calibrated" if r.get("graph_source", "").startswith("calibrated") else "default",
                  f"{100 * r['identical_rate']:.0f}%", f"{r['mean_accepted_per_round']:.2f}",
                  f"{r['wall_ratio']:.2f}x", f"{r['wall_ratio_median']:.2f}x" if r.get("wall_ratio_median") else "-",

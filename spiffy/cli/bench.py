@@ -102,9 +102,10 @@ def bench_defaults(f):
 @click.option("--predict", is_flag=True,
               help="Also replay the baseline's traces with the same graph and print the predicted NFE.")
 @click.option("--ceiling", is_flag=True, help="Also report the NFE ceiling any graph of each budget could reach.")
-@click.option("--cost-model", "cost_model", default=None,
+@click.option("--cost-model", "cost_model", multiple=True,
               help="Also project each row's wall-clock ratio on another machine from the run's call shapes priced by a "
-                   "cost table (a JSON file, or a bundled name: h100-llada8b-bf16); labelled projected.")
+                   "cost table (a JSON file, or a bundled name in models/device/costs/, e.g. h100-llada8b-bf16); "
+                   "labelled projected. Repeatable.")
 @click.option("--vanilla/--no-vanilla", default=True, show_default=True,
               help="Time the vanilla baseline (cache none, 1 token/step) for the combined tokens/s gain.")
 @click.option("--out", "out_dir", default=None, help="Output folder [default: runs/bench-<time>].")
@@ -149,7 +150,7 @@ def bench(mode, **kw):
 
 def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_calibration, prune, verify, caches, thresholds, ks,
                      predict, ceiling, vanilla, out_dir, threads, raw, device, dtype, allow_mismatch=False, resume=False,
-                     cost_model=None,
+                     cost_model=(),
                      shard_size=4, dist_timeout=120.0, bench_mode="spiffy", batch_sizes="1", **kw):
     import torch
 
@@ -178,11 +179,9 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
-        cost = None
-        if cost_model:
-            from ..bench.cost_model import CostTable
+        from ..bench.cost_model import CostTable
 
-            cost = CostTable.load(cost_model)
+        costs = [CostTable.load(c) for c in cost_model]
         if bench_mode != "spiffy" and world.distributed:
             raise SpiffyError(f"--mode {bench_mode} runs in one process (it compares decodes on one device): "
                               "not under torchrun")
@@ -198,7 +197,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
                   "args": {"datasets": list(datasets), "limit": limit, "budgets": budget_list, "verify": verify,
                            "graph": graph_file, "use_calibration": use_calibration, "prune": prune,
                            "settings": [s.name for s in settings], "generation": base_cfg.to_dict(),
-                           "cost_model": None if cost is None else {"name": cost.name, "device": cost.device}},
+                           "cost_models": [{"name": c.name, "device": c.device} for c in costs]},
                   "rows": [], "vanilla": {}, "outputs": []}
         who = f"rank {world.rank} " if world.distributed else ""
         for name, rows in sets.items():
@@ -211,7 +210,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
                                      ceiling=ceiling, vanilla=vanilla, graph=graph_file, prune=prune,
                                      use_calibration=use_calibration, allow_mismatch=allow_mismatch,
                                      progress=lambda s: click.echo(f"  {who}{name}: {s}", err=True), sharding=sharding,
-                                     cost=cost)
+                                     costs=costs)
             except SpiffyError as e:
                 raise SpiffyError(f"{name}: {e}") from None
             if res is None:   # another rank of a torchrun job: rank 0 aggregates and writes
