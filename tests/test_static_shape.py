@@ -144,3 +144,18 @@ def test_kv_buffer_equals_concatenation():
         assert torch.equal(attend(q, k, v, None, buf), attend(q, k, v, None, (kc, vc)))
     with pytest.raises(RuntimeError, match="reserve"):
         attend(q[:, :, :4], k[:, :, :4], v[:, :, :4], None, buf)
+
+
+def test_step_rule_compiles_without_graph_breaks():
+    """The greedy step rule (what the acceptance walk applies to each verified distribution) traces as one graph
+    (fullgraph=True: no host sync inside), fixed-count and threshold, and gives the eager step's tokens."""
+    from spiffy.sampling.step import denoise_step
+
+    g = torch.Generator().manual_seed(3)
+    logits, block = torch.randn(1, 8, 64, generator=g), torch.full((1, 8), 63)
+    for cfg, counts in ((GenerationConfig(gen_length=16, block_length=8), [2]),
+                        (GenerationConfig(gen_length=16, block_length=8, threshold=0.05), None)):
+        def step(lg, blk, cfg=cfg, counts=counts):
+            return denoise_step(lg, blk, 63, cfg, "llada", counts, None, 62, None).tokens
+
+        assert torch.equal(torch.compile(step, fullgraph=True, dynamic=False)(logits, block), step(logits, block))
