@@ -110,7 +110,12 @@ def test_adapter_rebuilds_the_logits_saved_at_the_end_of_training(trained):
     assert be.family == "llama_dlm" and be.logit_shift == 1 and be.mask_id == 63
     probe = load_file(str(out / "probe_logits.safetensors"))
     with torch.no_grad():
-        assert torch.equal(be.forward(probe["input_ids"]).logits[0].float(), probe["logits"])
+        logits = be.forward(probe["input_ids"]).logits[0].float()
+    # equal up to float32 rounding: the base weights are dequantised and the LoRA merged with this CPU's kernels,
+    # which round differently from one CPU model to another (measured: up to 5e-5 on logits of magnitude ~20
+    # between two of this project's machines); a wrong merge (scale, rank, a missing layer) moves them by far more
+    assert torch.allclose(logits, probe["logits"], rtol=0, atol=1e-3)
+    assert torch.equal(logits.argmax(-1), probe["logits"].argmax(-1))
     # the adapter changed the model: the base alone gives other logits
     assert summary["curve"][-1]["step"] == 6 and len(summary["samples"]) == 1
 
@@ -190,7 +195,12 @@ def test_shipped_adapter_rebuilds_its_saved_logits():
     be = load_backend(str(SHIPPED), dtype="float32")
     probe = load_file(str(SHIPPED / "probe_logits.safetensors"))
     with torch.no_grad():
-        assert torch.equal(be.forward(probe["input_ids"]).logits[0].float(), probe["logits"])
+        logits = be.forward(probe["input_ids"]).logits[0].float()
+    # equal up to float32 rounding: the base weights are dequantised and the LoRA merged with this CPU's kernels,
+    # which round differently from one CPU model to another (measured: up to 5e-5 on logits of magnitude ~20
+    # between two of this project's machines); a wrong merge (scale, rank, a missing layer) moves them by far more
+    assert torch.allclose(logits, probe["logits"], rtol=0, atol=1e-3)
+    assert torch.equal(logits.argmax(-1), probe["logits"].argmax(-1))
 
 
 def test_bad_adapter_training_input_is_one_clear_line(trained, tmp_path, monkeypatch):
@@ -252,9 +262,9 @@ def test_shipped_calibrated_graphs_fit_the_shipped_adapter():
     fetch("smollm2-135m-instruct", progress=print)   # a no-op when .ci/run already prepared it
     be = load_backend(str(SHIPPED), dtype="float32")
     folders = sorted(p for p in (ROOT / "calibration" / "spiffy-smollm2-dlm").iterdir() if p.is_dir())
-    assert [f.name for f in folders] == ["b32_k1_g128_dual", "b32_thr0.9_g128_dual"]
-    for folder, threshold in zip(folders, (None, 0.9)):
-        cfg = GenerationConfig(gen_length=128, block_length=32, cache="dual", threshold=threshold)
+    assert [f.name for f in folders] == ["b32_k1_g128_dual", "b32_k1_g128_none", "b32_thr0.9_g128_dual"]
+    for folder, cache, threshold in zip(folders, ("dual", "none", "dual"), (None, None, 0.9)):
+        cfg = GenerationConfig(gen_length=128, block_length=32, cache=cache, threshold=threshold)
         for D in (3, 5, 8, 10):
             load_graph_artifact(folder / f"D{D}.json", be)
             assert calibrated_graph_for(be, cfg, "llada", D, ROOT / "calibration") == folder / f"D{D}.json"
