@@ -13,7 +13,7 @@ from spiffy.backends.tiny import tiny_backend
 from spiffy.errors import ConfigError
 from spiffy.sampling.baseline import generate_baseline
 from spiffy.speculative import SpeculativeConfig, generate_speculative
-from spiffy.speculative import decoder as decoder_mod
+from spiffy.bench.real_rows import real_row_identity
 
 from .conftest import random_prompts
 
@@ -24,37 +24,6 @@ def models():
             "dream": tiny_backend("dream", seed=1, dtype=torch.float32, intermediate_size=72)}
 
 
-class RealRows:
-    """Wraps the scorer: after each counted verification, the static baseline's step for the same states
-    (a diagnostic forward) must give bit-identical logits at every masked position of each real state."""
-
-    def __init__(self, monkeypatch):
-        self.checked = self.calls = 0
-        self.shapes = []
-        orig = decoder_mod.ModelScorer.score
-        check = self
-
-        def score(scorer, b, requests, counted=True):
-            out = orig(scorer, b, requests, counted)
-            if counted:
-                s = scorer.session
-                lo, hi = s.span(b)
-                blocks = s.x[:, lo:hi].clone()
-                for row, states in requests:
-                    blocks[row] = torch.tensor(states[0])
-                nfe = s.nfe
-                ref = s.block_logits(b, blocks)
-                s.nfe = nfe
-                for (row, states), lg in zip(requests, out):
-                    m = torch.tensor(states[0]) == s.mask_id
-                    assert torch.equal(lg[0][m], ref[row][m]), (b, row)
-                    check.checked += 1
-                check.calls += 1
-            return out
-
-        monkeypatch.setattr(decoder_mod.ModelScorer, "score", score)
-
-
 SETTINGS = {"k1": {}, "k2": dict(tokens_per_step=2), "threshold": dict(threshold=0.3), "cfg": dict(cfg_scale=1.0)}
 
 
@@ -62,19 +31,20 @@ SETTINGS = {"k1": {}, "k2": dict(tokens_per_step=2), "threshold": dict(threshold
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 @pytest.mark.parametrize("verify", ["batch", "packed"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_real_rows_are_the_static_baselines_bits(models, monkeypatch, family, cache, verify, setting):
+def test_real_rows_are_the_static_baselines_bits(models, family, cache, verify, setting):
     backend = models[family]
     cfg = GenerationConfig(gen_length=24, block_length=12, cache=cache, **SETTINGS[setting])
     spec = SpeculativeConfig(budget=4, verify=verify, static=True, use_calibration=False)
-    check = RealRows(monkeypatch)
     prompts = random_prompts(3, seed=11, lo=4, hi=11)
-    for batch in ([prompts[0]], [prompts[1]], prompts[1:]):    # one row, and two rows of unequal length
-        out = generate_speculative(backend, batch, cfg, spec)
-        if verify == "batch" or cache == "dual":
-            base = generate_baseline(backend, batch, spec.static_config(cfg))
-            assert out.token_ids == base.token_ids
-            assert out.nfe <= base.nfe
-    assert check.calls > 0 and check.checked >= check.calls
+    with real_row_identity() as rows:
+        for batch in ([prompts[0]], [prompts[1]], prompts[1:]):    # one row, and two rows of unequal length
+            out = generate_speculative(backend, batch, cfg, spec)
+            if verify == "batch" or cache == "dual":
+                base = generate_baseline(backend, batch, spec.static_config(cfg))
+                assert out.token_ids == base.token_ids
+                assert out.nfe <= base.nfe
+    (st,) = rows.values()
+    assert st["calls"] > 3 and st["identical"] == st["calls"], st
 
 
 def test_one_shape_per_block(models, monkeypatch):
@@ -114,7 +84,7 @@ def test_static_shape_must_hold_the_calls(models):
         generate_baseline(backend, prompt, GenerationConfig(gen_length=24, block_length=12, static_drafts=-1))
 
 
-def test_compiled_static_step(monkeypatch):
+def test_compiled_static_step():
     """torch.compile(fullgraph=True) of the forward at the static shapes: no graph break; compiled Spiffy's real
     rows are the compiled static baseline's bits (the same graph runs both); tokens equal the eager decode's."""
     backend = tiny_backend("llada", seed=0, dtype=torch.float32, mlp_hidden_size=72)
@@ -123,11 +93,12 @@ def test_compiled_static_step(monkeypatch):
     spec = SpeculativeConfig(budget=4, static=True, use_calibration=False)
     eager = generate_speculative(backend, prompt, cfg, spec)
     backend.compile()
-    check = RealRows(monkeypatch)
-    base = generate_baseline(backend, prompt, spec.static_config(cfg))
-    out = generate_speculative(backend, prompt, cfg, spec)
+    with real_row_identity() as rows:
+        base = generate_baseline(backend, prompt, spec.static_config(cfg))
+        out = generate_speculative(backend, prompt, cfg, spec)
     assert out.token_ids == base.token_ids == eager.token_ids
-    assert out.nfe < base.nfe and check.calls > 0
+    (st,) = rows.values()
+    assert out.nfe < base.nfe and st["calls"] > 0 and st["identical"] == st["calls"]
 
 
 def test_kv_buffer_equals_concatenation():

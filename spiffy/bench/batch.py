@@ -17,18 +17,25 @@ from ..sampling.baseline import generate_baseline
 from ..speculative import generate_speculative
 
 
-def measure_group(backend, group: list, cfg, spec, repeats: int = 2) -> dict:
-    """Decode ``group`` three ways; each is timed ``repeats`` times, in alternating order (so a change in
-    the machine's load hits all three alike), and its fastest time kept."""
-    runs = {"base": lambda: [generate_baseline(backend, group, cfg)],
-            "batch": lambda: [generate_speculative(backend, group, cfg, spec)],
-            "alone": lambda: [generate_speculative(backend, [p], cfg, spec) for p in group]}
+def fastest_alternating(runs: dict, repeats: int) -> tuple:
+    """Run each of ``runs`` (name -> callable) ``repeats`` times, in alternating order (so a change in the
+    machine's load hits them alike); returns (name -> last result, name -> fastest seconds)."""
     best, out = {}, {}
     for r in range(repeats):
         for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
             t = time.perf_counter()
             out[name] = runs[name]()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+    return out, best
+
+
+def measure_group(backend, group: list, cfg, spec, repeats: int = 2) -> dict:
+    """Decode ``group`` three ways; each is timed ``repeats`` times, in alternating order (so a change in
+    the machine's load hits all three alike), and its fastest time kept."""
+    runs = {"base": lambda: [generate_baseline(backend, group, cfg)],
+            "batch": lambda: [generate_speculative(backend, group, cfg, spec)],
+            "alone": lambda: [generate_speculative(backend, [p], cfg, spec) for p in group]}
+    out, best = fastest_alternating(runs, repeats)
     base, batch, alone = out["base"][0], out["batch"][0], out["alone"]
     return {"tokens": sum(len(r) for r in base.token_ids), "base_s": best["base"], "batch_s": best["batch"],
             "alone_s": best["alone"], "base_nfe": base.nfe, "batch_nfe": batch.nfe, "alone_nfe": sum(a.nfe for a in alone),

@@ -18,21 +18,12 @@ from typing import Callable, Optional, Sequence
 from ..sampling.baseline import generate_baseline
 from ..speculative import generate_speculative
 from ..speculative.graph import budget_of
+from .batch import fastest_alternating
 
 
 def static_budget(spec) -> int:
     g = spec.graph
     return budget_of(g) if g is not None and not isinstance(g, (str, bytes)) and hasattr(g, "nodes") else spec.budget
-
-
-def _timed(runs: dict, repeats: int) -> tuple:
-    best, out = {}, {}
-    for r in range(repeats):
-        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-            t = time.perf_counter()
-            out[name] = runs[name]()
-            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
-    return out, best
 
 
 def measure_prompt(eager, compiled, prompt: list, cfg, spec, repeats: int = 2) -> dict:
@@ -43,7 +34,7 @@ def measure_prompt(eager, compiled, prompt: list, cfg, spec, repeats: int = 2) -
     runs = {"base": lambda: generate_baseline(eager, p, cfg), "base_static": lambda: generate_baseline(eager, p, scfg),
             "spiffy": lambda: generate_speculative(eager, p, cfg, spec),
             "spiffy_static": lambda: generate_speculative(eager, p, cfg, sspec)}
-    out, best = _timed(runs, repeats)
+    out, best = fastest_alternating(runs, repeats)
     crun = {"base_c": lambda: generate_baseline(compiled, p, cfg),
             "base_static_c": lambda: generate_baseline(compiled, p, scfg),
             "spiffy_static_c": lambda: generate_speculative(compiled, p, cfg, sspec)}
@@ -51,7 +42,7 @@ def measure_prompt(eager, compiled, prompt: list, cfg, spec, repeats: int = 2) -
     for f in crun.values():   # compiles this prompt's shapes
         f()
     compile_s = time.perf_counter() - t
-    cout, cbest = _timed(crun, repeats)
+    cout, cbest = fastest_alternating(crun, repeats)
     out.update(cout)
     best.update(cbest)
     tok = lambda k: out[k].token_ids[0]   # noqa: E731
