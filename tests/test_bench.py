@@ -116,3 +116,17 @@ def test_bench_static_mode(tmp_path):
     assert set(row["tokens_per_s"]) == {"base", "base_static", "spiffy", "spiffy_static", "base_c", "base_static_c",
                                         "spiffy_static_c"}
     assert (out / "bench_static.md").read_text().startswith("| setting |")
+
+
+def test_bench_batch_mode(tmp_path):
+    """--mode batch: Spiffy on a batch of 2 vs the same prompts one at a time; every row equals the baseline's."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("what is two plus two?\nadd the numbers\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["bench", "--mode", "batch", "--model", "tiny-llada", "--dataset", str(prompts),
+                                  "--gen-length", "16", "--block-length", "8", "--budgets", "3", "--cache", "dual",
+                                  "--batch-sizes", "2", "--raw", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((out / "bench_batch.json").read_text())["rows"]
+    assert row["batch"] == 2 and row["identical_rows"] == row["identical_rows_one_at_a_time"] == 2
+    assert row["spiffy_batch_nfe"] <= row["spiffy_one_at_a_time_nfe"] and row["baseline_tokens_per_s"] > 0
