@@ -1,5 +1,6 @@
 """`spiffy bench` and `spiffy sample --spiffy` on a tiny model (fast smoke checks of the commands)."""
 import json
+from pathlib import Path
 import sys
 import types
 
@@ -99,18 +100,22 @@ def test_bench_uses_calibrated_graph_and_refuses_a_mismatched_one(tmp_path, monk
         run_dllm_bench(be, [[5, 6, 7]], [Setting(cache="none")], [2], cfg, vanilla=False)
 
 
+def tiny_mode(tmp_path, mode: str, prompts: str, *extra) -> Path:
+    """`spiffy bench --mode MODE` on the tiny model (dual cache, D = 3, 16 tokens); returns the output folder."""
+    (tmp_path / "p.txt").write_text(prompts)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["bench", "--mode", mode, "--model", "tiny-llada", "--dataset", str(tmp_path / "p.txt"),
+                                  "--gen-length", "16", "--block-length", "8", "--budgets", "3", "--cache", "dual",
+                                  "--raw", "--out", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    return out
+
+
 def test_bench_static_mode(tmp_path):
     """--mode static: eager and compiled, plain and static; static Spiffy equals the static baseline (eager and
     compiled) and uses fewer calls."""
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("what is two plus two?\n")
-    out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["bench", "--mode", "static", "--model", "tiny-llada", "--dataset", str(prompts),
-                                  "--gen-length", "16", "--block-length", "8", "--budgets", "3", "--cache", "dual",
-                                  "--raw", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    res = json.loads((out / "bench_static.json").read_text())
-    (row,) = res["rows"]
+    out = tiny_mode(tmp_path, "static", "what is two plus two?\n")
+    (row,) = json.loads((out / "bench_static.json").read_text())["rows"]
     assert row["static_equals_static_baseline"] == row["compiled_static_equals_compiled_static_baseline"] == 1
     assert row["nfe"]["spiffy_static"] == row["nfe"]["spiffy_static_c"] < row["nfe"]["base_static"]
     assert set(row["tokens_per_s"]) == {"base", "base_static", "spiffy", "spiffy_static", "base_c", "base_static_c",
@@ -120,13 +125,7 @@ def test_bench_static_mode(tmp_path):
 
 def test_bench_batch_mode(tmp_path):
     """--mode batch: Spiffy on a batch of 2 vs the same prompts one at a time; every row equals the baseline's."""
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("what is two plus two?\nadd the numbers\n")
-    out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["bench", "--mode", "batch", "--model", "tiny-llada", "--dataset", str(prompts),
-                                  "--gen-length", "16", "--block-length", "8", "--budgets", "3", "--cache", "dual",
-                                  "--batch-sizes", "2", "--raw", "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    out = tiny_mode(tmp_path, "batch", "what is two plus two?\nadd the numbers\n", "--batch-sizes", "2")
     (row,) = json.loads((out / "bench_batch.json").read_text())["rows"]
     assert row["batch"] == 2 and row["identical_rows"] == row["identical_rows_one_at_a_time"] == 2
     assert row["spiffy_batch_nfe"] <= row["spiffy_one_at_a_time_nfe"] and row["baseline_tokens_per_s"] > 0
