@@ -14,30 +14,25 @@ import dataclasses
 import time
 from typing import Callable, Optional, Sequence
 
-
 from ..sampling.baseline import generate_baseline
 from ..speculative import generate_speculative
-from ..speculative.graph import budget_of
+from ..speculative.decoder import static_baseline_config
 from .batch import fastest_alternating
 
 
-def static_budget(spec) -> int:
-    g = spec.graph
-    return budget_of(g) if g is not None and not isinstance(g, (str, bytes)) and hasattr(g, "nodes") else spec.budget
-
-
-def measure_prompt(eager, compiled, prompt: list, cfg, spec, repeats: int = 2) -> dict:
-    """``eager`` and ``compiled``: two backends over the same weights (the second ``.compile()``-d)."""
+def measure_prompt(eager, compiled, prompt: list, cfg, scfg, spec, repeats: int = 2) -> dict:
+    """``eager`` and ``compiled``: two backends over the same weights (the second ``.compile()``-d); ``scfg``: the
+    static baseline's configuration (:func:`~spiffy.speculative.decoder.static_baseline_config`), at which static
+    Spiffy runs too, so both sides have one shape by construction."""
     sspec = dataclasses.replace(spec, static=True)
-    scfg = sspec.static_config(cfg, static_budget(spec))
     p = [prompt]
     runs = {"base": lambda: generate_baseline(eager, p, cfg), "base_static": lambda: generate_baseline(eager, p, scfg),
             "spiffy": lambda: generate_speculative(eager, p, cfg, spec),
-            "spiffy_static": lambda: generate_speculative(eager, p, cfg, sspec)}
+            "spiffy_static": lambda: generate_speculative(eager, p, scfg, sspec)}
     out, best = fastest_alternating(runs, repeats)
     crun = {"base_c": lambda: generate_baseline(compiled, p, cfg),
             "base_static_c": lambda: generate_baseline(compiled, p, scfg),
-            "spiffy_static_c": lambda: generate_speculative(compiled, p, cfg, sspec)}
+            "spiffy_static_c": lambda: generate_speculative(compiled, p, scfg, sspec)}
     t = time.perf_counter()
     for f in crun.values():   # compiles this prompt's shapes
         f()
@@ -68,8 +63,9 @@ def run_static_bench(backend, prompts: Sequence[list], plan: list, repeats: int 
     for name, cfg, specs in plan:
         for D, spec in specs.items():
             recs = []
+            scfg = static_baseline_config(backend, cfg, spec)
             for i, p in enumerate(prompts):
-                recs.append(measure_prompt(backend, compiled, p, cfg, spec, repeats))
+                recs.append(measure_prompt(backend, compiled, p, cfg, scfg, spec, repeats))
                 say(f"{name} D={D}: {i + 1}/{len(prompts)} prompts")
             tokens = sum(r["tokens"] for r in recs)
             keys = recs[0]["seconds"]

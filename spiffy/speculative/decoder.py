@@ -12,6 +12,7 @@ exactly the distributions the batched baseline computes for it, so outputs are t
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -150,6 +151,24 @@ class MismatchCheck:
             st.mismatches += 1
 
 
+def _static_shape(cfg: GenerationConfig, spec: SpeculativeConfig, provider: GraphProvider) -> GenerationConfig:
+    """``cfg`` with the static shape Spiffy runs at: the one ``cfg`` names, or with ``spec.static`` the graph's
+    budget in ``spec.verify``'s layout; refused when the graph's calls do not fit it."""
+    if spec.static and not cfg.static_drafts:
+        cfg = spec.static_config(cfg, provider.budget)
+    if cfg.static_drafts and (cfg.static_layout != spec.verify or provider.budget > cfg.static_drafts):
+        raise ConfigError(f"the static shape ({cfg.static_drafts} drafts, {cfg.static_layout}) cannot hold this "
+                          f"graph's calls ({provider.budget} drafts, {spec.verify})")
+    return cfg
+
+
+def static_baseline_config(backend, cfg: GenerationConfig, spec: SpeculativeConfig) -> GenerationConfig:
+    """The baseline configuration that ``generate_speculative(..., dataclasses.replace(spec, static=True))``
+    equals bit for bit: ``cfg`` at the static shape of the graph Spiffy would use (calibrated, user or default)."""
+    spec = dataclasses.replace(spec, static=True)
+    return _static_shape(cfg, spec, GraphProvider(spec, backend, cfg, sampler_of(backend, cfg)))
+
+
 @torch.no_grad()
 def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: SpeculativeConfig,
                          on_block=None) -> GenerationResult:
@@ -166,11 +185,7 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
         warnings.warn(NEAR_LOSSLESS_MSG.format(cache=cfg.cache), NearLosslessWarning, stacklevel=3)
     t0 = time.perf_counter()
     provider = GraphProvider(spec, backend, cfg, sampler_of(backend, cfg))
-    if spec.static and not cfg.static_drafts:
-        cfg = spec.static_config(cfg, provider.budget)
-    if cfg.static_drafts and (cfg.static_layout != spec.verify or provider.budget > cfg.static_drafts):
-        raise ConfigError(f"the static shape ({cfg.static_drafts} drafts, {cfg.static_layout}) cannot hold this "
-                          f"graph's calls ({provider.budget} drafts, {spec.verify})")
+    cfg = _static_shape(cfg, spec, provider)
     session = DecodeSession(backend, prompts, cfg)
     step = StepRule.of(backend, cfg)
     stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget, exact=exact)
