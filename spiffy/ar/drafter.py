@@ -24,12 +24,12 @@ from typing import Optional
 
 import torch
 
-from ..timing import ForwardClock
 from ..errors import ConfigError
 from ..sampling.config import GenerationConfig
 from ..sampling.noise import step_generator
 from ..sampling.schedule import even_schedule
 from ..sampling.step import denoise_step
+from ..timing import ForwardClock
 from .vocab import allowed_ids, to_target_vocab
 
 

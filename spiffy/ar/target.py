@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..timing import ForwardClock
 from ..errors import ConfigError, ModelLoadError
+from ..timing import ForwardClock
 
 
 def _ids(v) -> list[int]:

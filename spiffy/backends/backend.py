@@ -92,9 +92,9 @@ class DiffusionBackend:
                 logits_index=None, key_valid=None):
         """``key_valid`` [B, L] marks real (non-padding) query tokens; ``attention_mask`` may be that 2-D
         mask or a 4-D boolean mask over (context + query) keys."""
-        return (self.model if self._call is None else self._call)(input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                          context=context, return_kv=return_kv, logits_index=logits_index,
-                                          key_valid=key_valid)
+        fwd = self.model if self._call is None else self._call
+        return fwd(input_ids, position_ids=position_ids, attention_mask=attention_mask, context=context,
+                   return_kv=return_kv, logits_index=logits_index, key_valid=key_valid)
 
     def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
         if self.tokenizer is None:

@@ -185,40 +185,31 @@ def identical_rate(device: str, prompts: int, gen_length: int, budgets: list, de
 
 def compiled_static(be, text: str, D: int, common: dict) -> dict:
     """One prompt at one budget, static shapes, eager then compiled (``backend.compile``: CUDA graphs on a GPU):
-    seconds of the second decode of each (the first compiles), and whether compiled Spiffy equals the compiled
-    static baseline and the eager decode."""
-    import torch
-
+    median seconds of 3 decodes of each after a warm-up (compiled: after the decodes that compile), and whether
+    compiled Spiffy equals the compiled static baseline and the eager decode."""
     from ..generation import generate
     from ..speculative import SpeculativeConfig
 
     spec = SpeculativeConfig(budget=D, static=True)
     runs = {"baseline": lambda: generate(be, text, static_drafts=D, **common),
             "spiffy": lambda: generate(be, text, speculative=spec, **common)}
-    res = {"budget": D}
+    clock = Clock(be.device)
+    res, tokens = {"budget": D}, {}
     try:
         for phase in ("eager", "compiled"):
             if phase == "compiled":
                 t = time.time()
                 be.compile()
-                for f in runs.values():
+                for f in runs.values():   # compiles the shapes
                     f()
                 res["compile_s"] = round(time.time() - t, 1)
             for name, f in runs.items():
-                f() if phase == "eager" else None
-                secs = []
-                for _ in range(3):
-                    if be.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t = time.perf_counter()
-                    r = f()
-                    secs.append(time.perf_counter() - t)
-                res[f"{phase}_{name}_s"] = round(statistics.median(secs), 4)
-                res[f"{phase}_{name}_tokens"] = r.token_ids[0]
-        res["compiled_spiffy_equals_compiled_baseline"] = res["compiled_spiffy_tokens"] == res["compiled_baseline_tokens"]
-        res["compiled_equals_eager"] = res["compiled_spiffy_tokens"] == res["eager_spiffy_tokens"]
-        for k in [k for k in res if k.endswith("_tokens")]:
-            del res[k]
+                def decode(phase=phase, name=name, f=f):
+                    tokens[phase, name] = f().token_ids[0]
+
+                res[f"{phase}_{name}_s"] = round(clock.time(decode, repeats=3, warmup=1 if phase == "eager" else 0), 4)
+        res["compiled_spiffy_equals_compiled_baseline"] = tokens["compiled", "spiffy"] == tokens["compiled", "baseline"]
+        res["compiled_equals_eager"] = tokens["compiled", "spiffy"] == tokens["eager", "spiffy"]
     except Exception as e:   # a compile failure is a result too
         res["error"] = f"{type(e).__name__}: {e}"[:500]
     finally:
