@@ -89,6 +89,19 @@ CASES = {
                                          "--batch-sizes does not apply without --mode batch"),
     "replay options in --mode batch": (["bench", "--mode", "batch", "--predict", "--dataset", "ok.jsonl"],
                                        "--predict does not apply to --mode batch"),
+    # static shapes, compiled steps and cost models (issue 16)
+    "--static without --spiffy": (["sample", "--model", "tiny-llada", "--prompt", "a", "--static"], "need --spiffy"),
+    "negative --static-drafts": (["sample", "--model", "tiny-llada", "--prompt", "a", "--static-drafts", "-1"],
+                                 "static_drafts must be a non-negative integer"),
+    "static shape smaller than the budget": (["sample", "--model", "tiny-llada", "--prompt", "a", "--gen-length", "8",
+                                              "--block-length", "8", "--spiffy", "--budget", "4", "--static-drafts", "2"],
+                                             "cannot hold"),
+    "unknown --compile value": (["sample", "--model", "tiny-llada", "--prompt", "a", "--compile", "sometimes"],
+                                "--compile"),
+    "corrupt --cost-model file": (["bench", "--model", "tiny-llada", "--dataset", "ok.jsonl", "--cost-model",
+                                   "graph.json"], "cost model graph.json"),
+    "--cost-model in --mode static": (["bench", "--mode", "static", "--cost-model", "x", "--dataset", "ok.jsonl"],
+                                      "--cost-model does not apply to --mode static"),
     # the bundled-name lookup does not hide a typo
     "unknown bundled-looking model": (["sample", "--model", "spiffy-no-such-model", "--prompt", "a"], "not found"),
 }
