@@ -1,6 +1,6 @@
 """Host-device synchronisations per step and per round, counted on the CPU by the reads that would stall a GPU
-(spiffy.bench.syncs): the baseline reads nothing back while it decodes a fixed schedule; Spiffy reads one copy
-per step (the new state, to walk its draft graph) plus one per round (the summary its proposer drafts from)."""
+(spiffy.bench.syncs): the baseline reads nothing back while it decodes a fixed schedule; Spiffy reads ONE copy
+per model call (its acceptance walk runs on the device and sends back the path and the next draft source)."""
 import torch
 
 from spiffy import GenerationConfig
@@ -33,5 +33,4 @@ def test_syncs_per_step_and_round():
             out = generate_speculative(be, prompt, cfg, spec)
         st = out.stats
         assert st.rounds > 0 and out.token_ids == base.token_ids
-        calls_after_first = st.steps - st.block_starts
-        assert total(c) <= calls_after_first + st.rounds + 2, (cache, dict(c), st.steps, st.rounds)
+        assert total(c) <= st.rounds + st.block_starts + 2, (cache, dict(c), st.steps, st.rounds)

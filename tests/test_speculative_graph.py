@@ -10,7 +10,7 @@ from spiffy.speculative import DEFAULT_BUDGETS, ROOT, default_graph, graph_from_
     make_graph, save_graph
 from spiffy.speculative.graph import budget_of, formula_str
 from spiffy.speculative.proposer import DraftSource, Pruner, instantiate
-from spiffy.speculative.walk import plan_round
+from spiffy.speculative.walk import DONE, HIT, MISS, OFF, SAME, acceptance_walk, plan_round
 
 
 def check_invariants(g):
@@ -119,10 +119,32 @@ def test_node_reached_through_second_parent():
     assert rnd.inst.order == [2, 3, 0]
     assert rnd.inst.states[((1, 0),)] == (M, 5, M, 30)
     assert rnd.inst.states[((0, 0), (1, 0))] == (M, 5, 20, 30)
-    assert rnd.advance((M, 5, M, 30)) == ((1, 0),)
-    assert rnd.advance((M, 5, 20, 30)) == ((0, 0), (1, 0))
-    assert rnd.accepted == 2
-    assert rnd.advance((7, 5, 20, 30)) is None    # no deeper node
+    # the baseline's true path: (M,5,M,30) -> (M,5,20,30) -> (7,5,20,30); the walk's steps come from the
+    # distribution of the node it stands on, here simply the next state of that path
+    true = [(M, 5, M, 30), (M, 5, 20, 30), (7, 5, 20, 30)]
+    states = rnd.states(block)
+    assert rnd.steps_deep() == 2
+    path, at, code = acceptance_walk(lambda k, _: torch.tensor([true[k]]), torch.tensor([states]),
+                                     torch.tensor([rnd.children()]), M, rnd.steps_deep() + 1)
+    nodes = [None] + rnd.nodes
+    assert [nodes[i] for i in at[0].tolist()] == [None, ((1, 0),), ((0, 0), (1, 0)), ((0, 0), (1, 0))]
+    assert code[0].tolist() == [HIT, HIT, DONE]      # entered through the second parent; then no mask is left
+    assert [tuple(p) for p in path[0].tolist()] == true
+
+
+def test_walk_stops_at_a_miss_and_steps_through_empty_steps():
+    """Per row: a step that commits nothing keeps the walk at its node (SAME); a state no child holds ends the
+    path (MISS) and the steps after it are OFF; rows walk independently and the first matching child is taken."""
+    M = 9
+    states = torch.tensor([[[M, M, M], [1, M, M], [1, 2, M]],       # row 0: root, child, grandchild
+                           [[M, M, M], [4, M, M], [M, M, M]]])      # row 1: root, child, padding (a root copy)
+    children = torch.tensor([[[0, 1, 0], [0, 0, 1], [0, 0, 0]],
+                             [[0, 1, 0], [0, 0, 0], [0, 0, 0]]], dtype=torch.bool)
+    nxt = {0: [[1, M, M], [5, M, M]], 1: [[1, M, M], [5, 6, M]], 2: [[1, 2, M], [5, 6, 7]], 3: [[1, 2, 3], [0, 0, 0]]}
+    path, at, code = acceptance_walk(lambda k, a: torch.tensor(nxt[k]), states, children, M, 4)
+    assert code.tolist() == [[HIT, SAME, HIT, DONE], [MISS, OFF, OFF, OFF]]
+    assert at.tolist() == [[0, 1, 1, 2, 2], [0, 0, 0, 0, 0]]
+    assert path[0, 2].tolist() == [1, 2, M]
 
 
 def test_instantiation_skips_impossible_nodes():

@@ -130,3 +130,42 @@ def test_step_rule_compiles_without_graph_breaks():
             return denoise_step(lg, blk, 63, cfg, "llada", counts, None, 62, None).tokens
 
         assert torch.equal(torch.compile(step, fullgraph=True, dynamic=False)(logits, block), step(logits, block))
+
+
+@pytest.mark.parametrize("setting", [dict(), dict(threshold=0.05)])
+@torch.no_grad()
+def test_verify_and_acceptance_trace_as_one_graph(setting):
+    """torch.compile(fullgraph=True) of one greedy round, the verification forward (batch copies of the real state
+    and its drafts) followed by the acceptance walk and the next draft source: no graph break, hence no host sync
+    between the forward and the one copy the host reads; the compiled round gives the eager round's path and
+    codes, and its summary to rounding."""
+    from spiffy.sampling.loop import StepRule
+    from spiffy.speculative.decoder import accept_on_device
+    from spiffy.speculative.defaults import default_graph
+    from spiffy.speculative.proposer import DraftSource
+    from spiffy.speculative.walk import plan_round
+
+    backend = tiny_backend("llada", seed=0, dtype=torch.float32, mlp_hidden_size=72)
+    cfg = GenerationConfig(gen_length=8, block_length=8, **setting)
+    step, M = StepRule.of(backend, cfg), backend.mask_id
+    x = torch.tensor([random_prompts(1, seed=3, lo=8, hi=9)[0] + [M] * 8])
+    rows = torch.arange(8, 16)
+    first = backend.model(x, logits_index=rows).logits[0]
+    block = tuple(x[0, 8:].tolist())
+    schedule = step.schedule()
+    rnd = plan_round(default_graph(4, None if schedule is None else schedule), block,
+                     DraftSource.from_logits(first, 2, cfg, "llada", backend.eos_id, M), M, schedule, None)
+    states, children = torch.tensor([rnd.states(block)]), torch.tensor([rnd.children()])
+    iters = rnd.steps_deep() + 1
+
+    def round_fn(x, states, children):
+        ids = x.expand(states.shape[1], -1).clone()
+        ids[:, 8:] = states[0]
+        logits = backend.model(ids, logits_index=rows).logits
+        return accept_on_device(step, logits, torch.zeros(1, dtype=torch.long), states, children, 0, 0, iters, 2)
+
+    (path, out), (cpath, cout) = round_fn(x, states, children), torch.compile(
+        round_fn, fullgraph=True, dynamic=False)(x, states, children)
+    assert len(rnd.nodes) >= 3 and torch.equal(path, cpath)
+    n = path.shape[1] * 9 + path.shape[1] + 1           # path, nodes and codes
+    assert torch.equal(out[:, :n], cout[:, :n]) and torch.allclose(out, cout)

@@ -18,7 +18,7 @@ class ModelSource:
     def __init__(self, session: DecodeSession):
         self.session = session
 
-    def first(self, b: int) -> torch.Tensor:
+    def first(self, b: int, block=None) -> torch.Tensor:
         return self.session.begin_block(b)
 
     def next(self, b, t, schedule, before, after, dist) -> torch.Tensor:

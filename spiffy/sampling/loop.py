@@ -14,10 +14,11 @@ Because every decoder steps with the same rule and the same keys in this same lo
 baseline's whenever each distribution handed to the step is the one the baseline computes for that
 state: that is the whole lossless argument.
 
-A source implements ``first(b) -> dist`` (the block's first distribution) and ``next(b, t, schedule,
-before, after, dist) -> dist`` (the distribution of ``after`` [B, n], the state step ``t - 1`` reached
-from ``before`` with ``dist``). ``dist`` is whatever the step rule reads: logits [B, n, V], a list of
-per-row logits [n, V], or anything a replay's step understands.
+A source implements ``first(b, block) -> dist`` (the distribution of the block's first state) and
+``next(b, t, schedule, before, after, dist) -> dist`` (the distribution of ``after`` [B, n], the state step
+``t - 1`` reached from ``before`` with ``dist``). ``dist`` is what the step rule reads: logits [B, n, V] or
+a list of per-row logits [n, V]; or a :class:`Planned` outcome, when the source has already applied this
+same rule to the distribution (Spiffy's acceptance walk does, on the device, for every step of a round).
 """
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ class Canvas:
 
 
 @dataclass
+class Planned:
+    """A step whose outcome the source already computed with the step rule: the loop commits it as is."""
+
+    tokens: torch.Tensor      # [B, n] on the device
+    host: list                # the same rows as lists of ids
+
+
+@dataclass
 class StepRule:
     """The baseline's step with its keyed noise: (dist, block, b, t, per-row counts) -> StepOutcome."""
 
@@ -93,12 +102,20 @@ class StepRule:
             return None
         return block_schedule(self.sampler, self.cfg.block_length, self.cfg.steps_per_block)
 
+    @property
+    def noisy(self) -> bool:
+        """Does a step draw noise? (Greedy steps need no generator: nothing to seed, nothing to trace.)"""
+        c = self.cfg
+        return c.temperature > 0 or c.remasking == "random" or (self.sampler == "dream" and bool(c.alg_temp))
+
     def __call__(self, dist, block: torch.Tensor, b: int, t: int, n_commit) -> StepOutcome:
+        if isinstance(dist, Planned):
+            return StepOutcome(dist.tokens, None, None, None, dist.host)
         if isinstance(dist, list):
             logits = dist[0][None] if len(dist) == 1 else torch.stack(dist)
         else:
             logits = dist
-        gen = step_generator(self.cfg.seed, b, t, self.device)
+        gen = step_generator(self.cfg.seed, b, t, self.device) if self.noisy else None
         return denoise_step(logits, block, self.mask_id, self.cfg, self.sampler, n_commit, gen, self.eos_id,
                             self.eot_id)
 
@@ -114,7 +131,7 @@ def decode_blocks(canvas: Canvas, source, step: Callable, schedule: Optional[lis
     for b in range(cfg.num_blocks):
         s, e = canvas.span(b)
         block = canvas.x[:, s:e].clone()
-        dist = source.first(b)
+        dist = source.first(b, block)
         t = 0
         while True:
             out = step(dist, block, b, t, None if schedule is None else [schedule[t]] * canvas.B)
@@ -122,13 +139,19 @@ def decode_blocks(canvas: Canvas, source, step: Callable, schedule: Optional[lis
                 observer(b, t, schedule, dist, block, out)
             canvas.commit(b, out.tokens)
             t += 1
-            if (t == len(schedule)) if schedule is not None else not bool((out.tokens == canvas.mask_id).any()):
+            if schedule is not None:
+                end = t == len(schedule)
+            elif out.host is not None:
+                end = not any(canvas.mask_id in row for row in out.host)
+            else:
+                end = not bool((out.tokens == canvas.mask_id).any())
+            if end:
                 break
             dist = source.next(b, t, schedule, block, out.tokens, dist)
             block = out.tokens
         block_steps.append(t)
         if on_block is not None:
-            on_block(b, out.tokens.tolist())
+            on_block(b, out.host if out.host is not None else out.tokens.tolist())
         if cfg.early_stop and b + 1 < cfg.num_blocks and canvas.stopped(b):
             canvas.fill_after(b)
             break

@@ -22,6 +22,7 @@ class StepOutcome:
     x0: torch.Tensor          # [B, n] candidate token at every position
     confidence: torch.Tensor  # [B, n] float64, -inf at positions that were not masked
     committed: torch.Tensor   # [B, n] bool, positions unmasked by this step
+    host: Optional[list] = None   # tokens as lists, when the host already has them (a planned step)
 
 
 def shared_uniform(shape, gen, device) -> torch.Tensor:

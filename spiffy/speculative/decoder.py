@@ -7,7 +7,8 @@ on it: its distribution is already known, no call), or on a state that committed
 same distribution, no call), or it opens a round: drafts are instantiated from the distribution that
 produced its state (proposer), and ONE forward evaluates the real state of every such row with all
 their drafts (scorer: :mod:`.verifier`). The walk (:mod:`.walk`) then follows the baseline's own steps
-with the baseline's keyed noise for as long as they land on verified drafts. Each row of a batch gets
+with the baseline's keyed noise for as long as they land on verified drafts: on the device, right after the
+forward, so that the host reads one copy per round and the loop takes the walk's steps without a call. Each row of a batch gets
 exactly the distributions the batched baseline computes for it, so outputs are the baseline's.
 """
 from __future__ import annotations
@@ -15,20 +16,24 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..result import GenerationResult
 from ..sampling.baseline import finish
 from ..sampling.config import GenerationConfig
 from ..errors import ConfigError
-from ..sampling.loop import StepRule, decode_blocks, sampler_of
+from ..devices import to_device
+from ..sampling.loop import Planned, StepRule, decode_blocks, sampler_of
 from ..sampling.session import DecodeSession
 from .config import NearLosslessWarning, SpeculativeConfig
-from .proposer import DraftSource
+from .proposer import DraftSource, source_summary
 from .stats import SpeculativeStats
 from .verifier import packed_is_exact, verify
-from .walk import GraphProvider, Timer, plan_round, token_ranks_needed
+from .walk import HIT, OFF, SAME, GraphProvider, Timer, acceptance_walk, plan_round, token_ranks_needed
 
 NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-lossless on a bidirectional model: "
                      "drafts attend to positions computed with the current block, so outputs may differ from the "
@@ -37,98 +42,167 @@ NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-loss
 
 class ModelScorer:
     """Distributions from the model: the block's first forward, and verification forwards that evaluate
-    several rows' real states and drafts at once."""
+    several rows' real states and drafts at once; each followed by the acceptance walk on the device and
+    ONE copy back to the host."""
 
     def __init__(self, session: DecodeSession, spec: SpeculativeConfig, step: StepRule, k: int):
         self.session, self.spec, self.step, self.k = session, spec, step, k
+        self.early_exit = session.x.device.type == "cpu"     # stopping the walk early reads a flag: free on a CPU
 
-    def first(self, b: int) -> list:
-        return list(self.session.begin_block(b))
+    def first(self, b: int, block: torch.Tensor, iters: int) -> list:
+        B = block.shape[0]
+        children = torch.zeros(B, 1, 1, dtype=torch.bool, device=block.device)
+        return self._walk(b, 0, block[:, None], children, self.session.begin_block(b), [1] * B, iters)
 
-    def draft_source(self, row: int, dist, b: int, t: int) -> DraftSource:
-        return DraftSource.from_logits(dist, self.k, self.step.cfg, self.step.sampler, self.step.eos_id,
-                                       self.step.mask_id)
+    def walk(self, b: int, t: int, requests: list, iters: int) -> list:
+        """requests: (row, states [real state, drafts...] as tuples, children [N][N]) -> per request a RoundWalk."""
+        outs = self.score(b, [(row, states) for row, states, _ in requests])
+        N = max(len(states) for _, states, _ in requests)
+        states = [st + [st[0]] * (N - len(st)) for _, st, _ in requests]
+        children = [[r + [False] * (N - len(r)) for r in ch] + [[False] * N] * (N - len(ch)) for _, _, ch in requests]
+        dev = self.session.x.device
+        flat = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return self._walk(b, t, to_device(torch.tensor(states), dev), to_device(torch.tensor(children), dev), flat,
+                          [len(o) for o in outs], iters)
 
     def score(self, b: int, requests: list, counted: bool = True) -> list:
-        """requests: (row, [real state, draft states...] as tuples) -> per request, a list of [n, V]."""
-        return [list(lg) for lg in verify(self.session, b, requests, self.spec.verify, counted=counted)]
+        """requests: (row, [real state, draft states...] as tuples) -> per request, logits [N_j, n, V]."""
+        return list(verify(self.session, b, requests, self.spec.verify, counted=counted))
+
+    def _walk(self, b, t, states, children, flat, counts, iters) -> list:
+        R, n = states.shape[0], states.shape[-1]
+        offs = to_device(torch.tensor([sum(counts[:j]) for j in range(R)]), flat.device)
+        path, out = accept_on_device(self.step, flat, offs, states, children, b, t, iters, self.k, self.early_exit)
+        host = out.cpu().numpy()              # the round's ONE device -> host copy
+        I = path.shape[1]
+        walks = []
+        for r in range(R):
+            h = host[r]
+            ph = h[:I * n].reshape(I, n).astype(np.int64)
+            ah, ch = h[I * n:I * n + I + 1].astype(np.int64), h[I * n + I + 1:I * n + 2 * I + 1].astype(np.int64)
+            steps = [(tuple(ph[k].tolist()), path[r, k], int(ch[k]), int(ah[k + 1])) for k in range(I) if ch[k] != OFF]
+            walks.append(RoundWalk(steps, DraftSource.from_summary(h[I * n + 2 * I + 1:].reshape(n, -1)),
+                                   lambda node, r=r: flat[offs[r] + node]))
+        return walks
+
+
+def accept_on_device(step: StepRule, flat: torch.Tensor, offs: torch.Tensor, states: torch.Tensor,
+                     children: torch.Tensor, b: int, t: int, iters: int, k: int, early_exit: bool = False):
+    """A round's acceptance on the device, as tensor code only (``torch.compile(fullgraph=True)`` traces it):
+    the walk (:func:`~.walk.acceptance_walk`) with the baseline's step rule from step ``t`` of block ``b``,
+    then the draft source of the distribution the path's last step was taken from. ``flat`` [sum N_j, n, V]:
+    the rows' logits, row r's nodes from ``offs[r]``. Returns [R, I*n + 2I + 1 + 2nK] float64: the path, the
+    nodes, the codes and the source summary of each row, so that the host reads it in one copy; and the path
+    [R, I, n] itself (the states the loop commits, left on the device)."""
+    R = states.shape[0]
+    rows = torch.arange(R, device=flat.device)
+    sched = step.schedule()
+
+    def step_at(i, at):
+        n_commit = None if sched is None else [sched[t + i]] * R
+        return step(flat[offs + at], states[rows, at], b, t + i, n_commit).tokens
+
+    path, at, code = acceptance_walk(step_at, states, children, step.mask_id, iters, early_exit)
+    last = at[rows, (code != OFF).sum(1) - 1]          # the node the path's last step was taken from
+    src = source_summary(flat[offs + last], k, step.cfg, step.sampler, step.eos_id, step.mask_id)
+    return path, torch.cat([path.flatten(1).to(torch.float64), at.to(torch.float64), code.to(torch.float64),
+                            src.flatten(1)], 1)
+
+
+@dataclass
+class RoundWalk:
+    """What a round's walk computed for one row: its steps (state, the state on the device, MISS/HIT/SAME/DONE,
+    the node the walk stands on after it), the source of the distribution its last step was taken from (the
+    next round drafts from it) and, for the model's walks, each node's logits."""
+
+    steps: list
+    source: DraftSource
+    logits: Optional[Callable] = None
 
 
 class SpeculativeSource:
-    """Proposer + scorer + acceptance for every row of a batch (the decoder's and the replay's)."""
+    """Proposer + scorer + acceptance for every row of a batch (the decoder's and the replay's). Each round's
+    walk computes every step until a state no draft holds; the loop then takes those steps without a call."""
 
     def __init__(self, scorer, provider: GraphProvider, pruner, mask_id: int, stats: SpeculativeStats, B: int,
-                 check=None):
+                 schedule: Optional[list], check=None):
         self.scorer, self.provider, self.pruner, self.mask_id = scorer, provider, pruner, mask_id
-        self.stats, self.B, self.check = stats, B, check
-        self.rounds = [None] * B
-        self.host = None        # every row's current block state as lists (the host's copy; None: unknown)
+        self.stats, self.B, self.schedule, self.check = stats, B, schedule, check
+        self.plans = [[] for _ in range(B)]   # per row: the steps its last walk computed, not yet taken
+        self.now = [None] * B                 # per row: (state as a tuple, on the device) after the last step taken
+        self.sources = [None] * B             # per row: the draft source its next round drafts from
         self.t_draft, self.t_book = Timer(), Timer()
 
-    def close(self):
-        for rnd in self.rounds:
-            if rnd is not None:
-                self.stats.count("accepted_per_round", rnd.accepted)
-        self.rounds = [None] * self.B
+    def iters(self, t: int, depth: int) -> int:
+        """Steps a round's walk computes: up to ``depth + 1`` steps that commit (and the empty ones between)."""
+        if self.schedule is None:
+            return depth + 1
+        k = n = 0
+        for c in self.schedule[t:]:
+            k += 1
+            n += c > 0
+            if n == depth + 1:
+                break
+        return k
 
-    def first(self, b: int):
-        self.close()
-        self.host = None
+    def first(self, b: int, block: torch.Tensor):
         self.stats.block_starts += 1
         self.stats.steps += 1
-        return self.scorer.first(b)
+        walks = self.scorer.first(b, block, self.iters(0, 0))
+        with self.t_book:
+            for i, w in enumerate(walks):
+                self._take(b, 0, i, w, None)
+            return self._planned()
 
-    def next(self, b: int, t: int, schedule, before: torch.Tensor, after: torch.Tensor, dist: list) -> list:
-        st = self.stats
-        st.steps += 1
-        dist = list(dist)
-        requests = []
-        with self.t_book:   # ONE device -> host copy per step (the block's first step also brings `before`)
-            if self.host is None:
-                rows_before, rows_after = torch.stack([before, after]).tolist()
-            else:
-                rows_before, rows_after = self.host, after.tolist()
-            self.host = rows_after
-        for i in range(self.B):
-            new = tuple(rows_after[i])
-            if self.mask_id not in new:                 # row finished: no distribution is needed
-                continue
-            if new == tuple(rows_before[i]):            # nothing committed: same state, same distribution
-                st.skipped_empty_steps += 1
-                continue
-            rnd = self.rounds[i]
-            with self.t_book:
-                child = rnd.advance(new) if rnd is not None else None
-            if child is not None:
-                st.accepted += 1
-                st.count("depth_accepted", rnd.graph.nodes[child]["depth"])
-                st.count("node_accepted", child)
-                if self.check is not None:
-                    self.check(b, t, i, new, rnd.logits[child], schedule)
-                dist[i] = rnd.logits[child]
-                continue
-            if rnd is not None:
-                st.count("accepted_per_round", rnd.accepted)
+    def next(self, b: int, t: int, schedule, before, after, dist):
+        self.stats.steps += 1
+        need = [i for i in range(self.B) if not self.plans[i] and self.mask_id in self.now[i][0]]
+        if need:
             with self.t_draft:
                 upcoming = None if schedule is None else [c for c in schedule[t:] if c > 0]
                 graph = self.provider.graph_for(upcoming)
-                source = self.scorer.draft_source(i, dist[i], b, t - 1)
-                rnd = plan_round(graph, new, source, self.mask_id, upcoming, self.pruner)
-            self.rounds[i] = rnd
-            requests.append((i, [new] + [rnd.inst.states[f] for f in rnd.nodes]))
-        if requests:
-            scored = self.scorer.score(b, requests)
+                rounds = [plan_round(graph, self.now[i][0], self.sources[i], self.mask_id, upcoming, self.pruner)
+                          for i in need]
+                requests = [(i, rnd.states(self.now[i][0]), rnd.children()) for i, rnd in zip(need, rounds)]
+            walks = self.scorer.walk(b, t, requests, self.iters(t, max(rnd.steps_deep() for rnd in rounds)))
             with self.t_book:
-                for (i, _), out in zip(requests, scored):
-                    rnd = self.rounds[i]
-                    dist[i] = out[0]
-                    rnd.logits = dict(zip(rnd.nodes, out[1:]))
-                    st.rounds += 1
-                    st.drafts_verified += len(rnd.nodes)
-                    for f in rnd.nodes:
-                        st.count("depth_offered", rnd.graph.nodes[f]["depth"])
-                        st.count("node_offered", f)
-        return dist
+                for i, w, rnd in zip(need, walks, rounds):
+                    self._take(b, t, i, w, rnd)
+        with self.t_book:
+            return self._planned()
+
+    def _take(self, b: int, t: int, i: int, w: RoundWalk, rnd) -> None:
+        st = self.stats
+        if rnd is not None:
+            st.rounds += 1
+            st.drafts_verified += len(rnd.nodes)
+            for f in rnd.nodes:
+                st.count("depth_offered", rnd.graph.nodes[f]["depth"])
+                st.count("node_offered", f)
+        hits = 0
+        for k, (state, _, code, node) in enumerate(w.steps):
+            if code == HIT:
+                hits += 1
+                f = rnd.nodes[node - 1]
+                st.accepted += 1
+                st.count("depth_accepted", rnd.graph.nodes[f]["depth"])
+                st.count("node_accepted", f)
+                if self.check is not None and (self.schedule is None or t + k + 1 < len(self.schedule)):
+                    self.check(b, t + k + 1, i, state, w.logits(node), self.schedule)
+            elif code == SAME:
+                st.skipped_empty_steps += 1
+        if rnd is not None:
+            st.count("accepted_per_round", hits)
+        self.plans[i] = list(w.steps)
+        self.sources[i] = w.source
+
+    def _planned(self) -> Planned:
+        for i in range(self.B):
+            if self.plans[i]:           # a finished row (no mask left) has no plan: it stays
+                state, row = self.plans[i].pop(0)[:2]
+                self.now[i] = (state, row)
+        rows = [row for _, row in self.now]
+        return Planned(rows[0][None] if self.B == 1 else torch.stack(rows), [list(s) for s, _ in self.now])
 
 
 class MismatchCheck:
@@ -191,9 +265,9 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
     stats = SpeculativeStats(verify=spec.verify, graph_source=provider.source, budget=provider.budget, exact=exact)
     scorer = ModelScorer(session, spec, step, token_ranks_needed(provider))
     check = MismatchCheck(scorer, step, stats) if not exact and spec.measure_mismatch else None
-    source = SpeculativeSource(scorer, provider, spec.pruner(), backend.mask_id, stats, session.B, check)
+    source = SpeculativeSource(scorer, provider, spec.pruner(), backend.mask_id, stats, session.B, step.schedule(),
+                               check)
     block_steps = decode_blocks(session, source, step, step.schedule(), on_block=on_block)
-    source.close()
     res = finish(session, prompts, block_steps, t0, stats, {**cfg.to_dict(), "speculative": spec.to_dict()})
     stats.nfe, stats.model_s, stats.wall_s = res.nfe, res.model_s, res.wall_s
     stats.drafting_s, stats.bookkeeping_s = source.t_draft.t, source.t_book.t

@@ -36,23 +36,35 @@ class DraftSource:
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
                     mask_id=None) -> "DraftSource":
-        """``logits`` [n, V] (one row, after CFG). Probabilities are the sampler's own
-        (:func:`spiffy.sampling.step.candidate_logits`: EOS suppression, Dream's temperature and
-        top-p/top-k); the mask token is never ranked (the sampler never commits it)."""
-        l64 = logits.to(torch.float64) if cfg is None else candidate_logits(logits, cfg, sampler, eos_id)
-        probs = torch.softmax(l64, dim=-1)
-        if mask_id is not None:
-            probs[..., mask_id] = -1.0
-        k = max(1, min(k, probs.shape[-1] - 1))
-        top = torch.topk(probs, k, dim=-1)
-        # ONE device -> host copy: token ids ride along as float64 (exact below 2**53)
-        host = torch.cat([top.values, top.indices.to(torch.float64)], dim=-1).cpu().numpy()
+        """``logits`` [n, V] (one row, after CFG); one device -> host copy (see :func:`source_summary`)."""
+        return cls.from_summary(source_summary(logits, k, cfg, sampler, eos_id, mask_id).cpu().numpy())
+
+    @classmethod
+    def from_summary(cls, host) -> "DraftSource":
+        """From a :func:`source_summary` row [n, 2K] read back to the host (numpy)."""
+        k = host.shape[-1] // 2
         values = host[:, :k]
         return cls(values[:, 0].copy(), host[:, k:].astype(np.int64), values.copy())
 
     @property
     def k(self) -> int:
         return self.tokens.shape[1]
+
+
+def source_summary(logits: torch.Tensor, k: int, cfg=None, sampler: str = "llada", eos_id=None,
+                   mask_id=None) -> torch.Tensor:
+    """What a draft source needs of ``logits`` [..., n, V] (after CFG), on their device: [..., n, 2K] float64,
+    the top-K probabilities then their token ids (exact in float64 below 2**53), so that it comes back in
+    one copy. Probabilities are the sampler's own (:func:`spiffy.sampling.step.candidate_logits`: EOS
+    suppression, Dream's temperature and top-p/top-k); the mask token is never ranked (the sampler never
+    commits it)."""
+    l64 = logits.to(torch.float64) if cfg is None else candidate_logits(logits, cfg, sampler, eos_id)
+    probs = torch.softmax(l64, dim=-1)
+    if mask_id is not None:
+        probs[..., mask_id] = -1.0
+    k = max(1, min(k, probs.shape[-1] - 1))
+    top = torch.topk(probs, k, dim=-1)
+    return torch.cat([top.values, top.indices.to(torch.float64)], dim=-1)
 
 
 def position_order(block: Sequence[int], source: DraftSource, mask_id: int) -> list:

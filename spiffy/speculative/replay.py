@@ -3,8 +3,8 @@
 :func:`trace_baseline` runs the baseline and records, for every block, its states and the draft
 sources of the distributions it computed. :func:`replay_nfe` runs the one decode loop
 (:func:`spiffy.sampling.loop.decode_blocks`) with Spiffy's own source (proposer, acceptance walk and
-statistics of :mod:`.decoder`) over a trace instead of a model: the step reads the next recorded
-state, the scorer hands out recorded draft sources and counts the calls. The decoder realises every
+statistics of :mod:`.decoder`) over a trace instead of a model: the walk's steps are the recorded
+states, the scorer hands out recorded draft sources and counts the calls. The decoder realises every
 saving its graph allows, so its measured NFE equals this prediction (the tests check it).
 :func:`ceiling_nfe` is the bound for ANY graph of D nodes: every round accepts D drafts (or all the
 states left in the block).
@@ -23,7 +23,7 @@ from ..sampling.loop import Canvas, decode_blocks, sampler_of
 from ..sampling.step import StepOutcome
 from .proposer import DraftSource
 from .stats import SpeculativeStats
-from .walk import GraphProvider, token_ranks_needed
+from .walk import OFF, GraphProvider, acceptance_walk, token_ranks_needed
 
 
 @dataclass
@@ -68,28 +68,28 @@ def trace_baseline(backend, prompt: list, cfg: GenerationConfig, k: int = 2):
 
 
 class TraceScorer:
-    """The scorer of a replay: recorded draft sources instead of distributions; counts the calls."""
+    """The scorer of a replay: the walk's steps are the states the baseline recorded and its draft sources
+    the recorded ones; counts the calls."""
 
     def __init__(self, trace: Trace):
         self.trace, self.calls = trace, 0
 
-    def first(self, b: int) -> list:
+    def first(self, b: int, block: torch.Tensor, iters: int) -> list:
+        return self.walk(b, 0, [(0, [tuple(block[0].tolist())], [[False]])], iters)
+
+    def walk(self, b: int, t: int, requests: list, iters: int) -> list:
+        from .decoder import RoundWalk
+
         self.calls += 1
-        return [None]
-
-    def draft_source(self, row: int, dist, b: int, t: int) -> DraftSource:
-        return self.trace.blocks[b].sources[t]     # every state on the path is the recorded one
-
-    def score(self, b: int, requests: list) -> list:
-        self.calls += 1
-        return [[None] * len(states) for _, states in requests]
-
-
-def trace_step(trace: Trace):
-    """The replay's step: the state the baseline recorded."""
-    def step(dist, block, b, t, n_commit):
-        return StepOutcome(torch.tensor([trace.blocks[b].states[t + 1]]), None, None, None)
-    return step
+        bt = self.trace.blocks[b]
+        ((_, states, children),) = requests
+        last = len(bt.states) - 1
+        path, at, code = acceptance_walk(lambda k, _: torch.tensor([bt.states[min(t + k + 1, last)]]),
+                                         torch.tensor([states]), torch.tensor([children]), self.trace.mask_id,
+                                         iters, early_exit=True)
+        steps = [(tuple(path[0, k].tolist()), path[0, k], int(code[0, k]), int(at[0, k + 1]))
+                 for k in range(path.shape[1]) if code[0, k] != OFF]
+        return [RoundWalk(steps, bt.sources[t + len(steps) - 1])]
 
 
 def replay_trace(trace: Trace, provider: GraphProvider, pruner=None, stats: Optional[SpeculativeStats] = None) -> int:
@@ -100,9 +100,10 @@ def replay_trace(trace: Trace, provider: GraphProvider, pruner=None, stats: Opti
     x = torch.tensor([list(trace.blocks[0].states[0]) * cfg.num_blocks])
     canvas = Canvas(x, 0, cfg, trace.mask_id, trace.eos_id, trace.eot_id)
     scorer = TraceScorer(trace)
-    source = SpeculativeSource(scorer, provider, pruner, trace.mask_id, stats or SpeculativeStats(), 1)
-    steps = decode_blocks(canvas, source, trace_step(trace), trace.blocks[0].schedule)
-    source.close()
+    schedule = trace.blocks[0].schedule
+    source = SpeculativeSource(scorer, provider, pruner, trace.mask_id, stats or SpeculativeStats(), 1, schedule)
+    steps = decode_blocks(canvas, source, lambda dist, *_: StepOutcome(dist.tokens, None, None, None, dist.host),
+                          schedule)
     if steps != [len(bt.states) - 1 for bt in trace.blocks]:
         raise ValueError("the replay did not follow the trace (a trace of another config?)")
     return scorer.calls * (2 if cfg.cfg_scale > 0 else 1)

@@ -7,14 +7,19 @@ state equals a child of the node the walk stands on (a draft whose distribution 
 computed), the walk moves there and continues from that draft's distribution; otherwise the round
 ends and the next one starts at the true next state. No rejection sampling is involved: every state
 on the path is the baseline's, whatever the temperature.
+
+The walk (:func:`acceptance_walk`) is tensor code that runs where the distributions are, right after the
+verification forward: every step it takes is computed there, and the host reads ONE copy per round (the
+path, and the summary of the distribution the next round drafts from).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import networkx as nx
+import torch
 
 from ..errors import ConfigError
 from .calibrated import calibrated_graph_for, check_meta, load_graph_artifact
@@ -74,23 +79,72 @@ class GraphProvider:
 
 @dataclass
 class Round:
-    """One verification round: the graph, the instantiated drafts and where the walk stands."""
+    """One verification round of a row: the graph, the instantiated drafts and the nodes verified (in
+    verification order; node index 0 of the walk is the row's real state, node ``i`` is ``nodes[i - 1]``)."""
 
     graph: nx.DiGraph
     inst: Instantiation
-    nodes: list                                  # verified draft nodes, in verification order
-    node: tuple = ROOT
-    accepted: int = 0
-    logits: dict = field(default_factory=dict)   # node -> logits (decoder only)
+    nodes: list
 
-    def advance(self, state: tuple) -> Optional[tuple]:
-        """Move to the child of the current node whose state is ``state``; None when no draft matches."""
-        for child in self.graph.successors(self.node):
-            if child in self.inst.states and self.inst.states[child] == state:
-                self.node = child
-                self.accepted += 1
-                return child
-        return None
+    def states(self, real: tuple) -> list:
+        return [real] + [self.inst.states[f] for f in self.nodes]
+
+    def children(self) -> list:
+        """[N, N] as lists: ``[u][v]`` when verified node v is a child of u in the graph (0 = the root)."""
+        index = {ROOT: 0, **{f: i + 1 for i, f in enumerate(self.nodes)}}
+        out = [[False] * len(index) for _ in index]
+        for f, i in index.items():
+            for c in self.graph.successors(f):
+                if c in index:
+                    out[i][index[c]] = True
+        return out
+
+    def steps_deep(self) -> int:
+        """The most steps the walk can take on this round's drafts: the longest path of verified nodes
+        (nodes are in an order where every parent comes first: each edge adds picks)."""
+        longest = {ROOT: 0}
+        for f in self.nodes:
+            longest[f] = max((longest[p] + 1 for p in self.graph.predecessors(f) if p in longest), default=0)
+        return max(longest.values())
+
+
+MISS, HIT, SAME, DONE, OFF = 0, 1, 2, 3, -1     # what one step of the walk did (OFF: not on the row's path)
+
+
+def acceptance_walk(step_at, states: torch.Tensor, children: torch.Tensor, mask_id: int, iters: int,
+                    early_exit: bool = False):
+    """The walk of one round for R rows, as tensor operations only (nothing is read back to the host unless
+    ``early_exit``, which stops once no row's path goes on: CPU tensors only).
+
+    ``states`` [R, N, n]: node 0 is the row's real state, then its verified drafts (pad with copies of node 0:
+    they are nobody's child); ``children`` [R, N, N] bool; ``step_at(k, at)`` -> [R, n]: the baseline's step
+    k of the round, taken from the distribution of node ``at`` [R] of each row. Step k is on a row's path
+    while every earlier step landed on a verified child (HIT) or committed nothing (SAME, the same
+    distribution again); the path ends at a MISS (a state no draft holds: the next round's) or DONE (no
+    mask left). Returns path [R, I, n] (the state after each step), at [R, I + 1] (the node each step was
+    taken from, then the node after the last) and code [R, I] (MISS/HIT/SAME/DONE, OFF after the path's
+    end); I = ``iters``, or fewer with ``early_exit``."""
+    R = states.shape[0]
+    rows = torch.arange(R, device=states.device)
+    at = torch.zeros(R, dtype=torch.long, device=states.device)
+    live = torch.ones(R, dtype=torch.bool, device=states.device)
+    paths, ats, codes = [], [], []
+    for k in range(iters):
+        nxt = step_at(k, at)
+        same = (nxt == states[rows, at]).all(-1)
+        match = (states == nxt[:, None]).all(-1) & children[rows, at]
+        hit = match.any(-1) & ~same
+        done = ~(nxt == mask_id).any(-1)
+        code = torch.where(done, DONE, torch.where(same, SAME, torch.where(hit, HIT, MISS)))
+        paths.append(nxt)
+        ats.append(at)
+        codes.append(torch.where(live, code, OFF))
+        at = torch.where(hit & live, match.to(torch.uint8).argmax(-1), at)   # argmax: the first matching child
+        live = live & (hit | same) & ~done
+        if early_exit and not live.numpy().any():    # a host tensor's view: no copy, no wait
+            break
+    ats.append(at)
+    return torch.stack(paths, 1), torch.stack(ats, 1), torch.stack(codes, 1)
 
 
 def plan_round(graph: nx.DiGraph, block: Sequence[int], source: DraftSource, mask_id: int,
