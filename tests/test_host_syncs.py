@@ -34,3 +34,24 @@ def test_syncs_per_step_and_round():
         st = out.stats
         assert st.rounds > 0 and out.token_ids == base.token_ids
         assert total(c) <= st.rounds + st.block_starts + 2, (cache, dict(c), st.steps, st.rounds)
+
+
+def test_ar_chain_reads_once_per_round():
+    """The AR loop with a diffusion drafter: the drafted chain stays on the device, goes into the target's
+    forward as it is and comes back with the verdict (greedy: the target's argmax; sampled: the speculative
+    sampling's accepted count and next token, drawn on the device) in ONE copy per round. What the counter
+    sees beyond that is transformers' own (a few uploads per decode, measured on the plain decode)."""
+    from spiffy.ar import generate_ar, make_drafter
+    from tests.ar_fixtures import tiny_target
+
+    tgt = tiny_target()
+    drafter = make_drafter(tiny_backend("llada", dtype=torch.float64), tgt, cache="none")
+    for temperature in (0.0, 0.8):
+        kw = dict(max_new_tokens=40, temperature=temperature, gate=0, draft_length=4)
+        generate_ar(tgt, drafter, [3, 4, 5, 6], **kw)
+        with count_host_syncs() as plain:
+            generate_ar(tgt, None, [3, 4, 5, 6], max_new_tokens=4, temperature=temperature)
+        hf = total(plain) - 4                        # the plain decode reads each of its 4 tokens once
+        with count_host_syncs() as c:
+            res = generate_ar(tgt, drafter, [3, 4, 5, 6], **kw)
+        assert res.rounds >= 8 and total(c) <= res.rounds + hf, (temperature, dict(c), res.rounds, hf)

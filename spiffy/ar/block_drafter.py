@@ -11,13 +11,14 @@ speculative sampling and best-first trees need.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
 
+from ..devices import to_device
 from ..errors import ConfigError
 from ..sampling.noise import step_generator
+from ..timing import ForwardClock
 from .block_model import BlockDrafterModel, target_fingerprint
 from .drafter import Draft
 
@@ -81,7 +82,11 @@ class BlockDrafter:
         self.state = None
         self._name = name or model.cfg.target + "-drafter"
         self.calls = 0
-        self.seconds = 0.0
+        self.clock = ForwardClock(target.device)    # CUDA events on a GPU: timing never waits for the device
+
+    @property
+    def seconds(self) -> float:
+        return self.clock.total()
 
     @property
     def name(self):
@@ -150,7 +155,7 @@ class BlockDrafter:
         for b, row in enumerate(known):
             if not 1 <= len(row) <= self.block - 1:
                 raise ConfigError(f"a block of {self.block} holds 1..{self.block - 1} known tokens (got {len(row)})")
-            toks[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=dev)
+            toks[b, : len(row)] = to_device(torch.tensor(row, dtype=torch.long), dev)
             masked[b, : len(row)] = False
         pos = (C + torch.arange(N, device=dev))[None].expand(B, -1)
         kv = self.cache.kv or [None] * len(m.layers)   # attention broadcasts the one cached row over B
@@ -161,7 +166,7 @@ class BlockDrafter:
         """Draft after each prefix (the committed text, then any tokens already chosen): one forward for all
         rows. Sampled drafts draw every slot from its own distribution with noise keyed by (seed, prefix
         length)."""
-        t0 = time.perf_counter()
+        t0 = self.clock.start()
         self.sync()
         C = len(self.cache)
         known = []
@@ -186,9 +191,9 @@ class BlockDrafter:
             else:
                 toks = q.argmax(-1)
             conf = q.gather(1, toks[:, None])[:, 0]
-            out.append(Draft(toks.tolist(), q, conf))
+            out.append(Draft(toks, q, conf))
         self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        self.clock.stop(t0)
         return out
 
     def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:

@@ -24,7 +24,7 @@ from .gate import CPU_VERIFY_COST, DraftGate
 from .path_search import PathSearchConfig, causal_path_search
 from .result import ARResult
 from .tree import DraftTree, branch_points
-from .verify import RULES, greedy_chain, greedy_tree, sample_chain, sample_tree, target_probs
+from .verify import RULES, accept_prefix, greedy_chain, greedy_tree, sample_chain, sample_tree, target_probs
 
 
 @dataclass
@@ -108,6 +108,14 @@ def _cut_after_stop(toks, stop) -> list:
     return out
 
 
+def _before_stop(toks, stop) -> int:
+    """Drafted tokens before the first stop token (what adaptive γ observes)."""
+    for i, t in enumerate(toks):
+        if int(t) in stop:
+            return i
+    return len(toks)
+
+
 def _runner_up(q_row: torch.Tensor, taken: int) -> Optional[int]:
     top = q_row.topk(min(2, q_row.numel()))
     for p, t in zip(top.values.tolist(), top.indices.tolist()):
@@ -127,6 +135,12 @@ class Proposal:
     tree: Optional[DraftTree] = None
     before: int = 0
     key: object = None
+    pending: Optional[torch.Tensor] = None    # a greedy chain still on the device: ``tokens``/``before`` come
+    stop: frozenset = frozenset()             # from it, cut after a stop token, once it has been verified
+
+    def settle(self, raw: list) -> None:
+        """The draft ``raw`` read back with its verdict: the tokens verified, cut after a stop token."""
+        self.tokens, self.before = _cut_after_stop(raw, self.stop), _before_stop(raw, self.stop)
 
 
 class _Proposer:
@@ -146,38 +160,36 @@ class _Proposer:
     def __call__(self, prefix, gamma) -> Proposal:
         if self.cfg.tree_nodes:
             return self.best_first(prefix, gamma)
-        return self.tree(prefix, gamma) if self.cfg.tree else self.chain(prefix, gamma)[0]
+        return self.tree(prefix, gamma) if self.cfg.tree else self.chain(prefix, gamma, defer=True)[0]
 
     def best_first(self, prefix, gamma) -> Proposal:
         """DDTree: the ``tree_nodes`` most likely prefixes of one draft's per-slot distributions."""
         dr = self.d.draft(prefix, gamma, self.seed, sample=False)
         tree, best = best_first_tree(dr.q, self.cfg.tree_nodes, self.stop)
-        return Proposal(tree=tree, before=self._before_stop(best), key=dr.key)
+        return Proposal(tree=tree, before=_before_stop(best, self.stop), key=dr.key)
 
-    def chain(self, prefix, gamma):
-        """(Proposal, the drafter's Draft, confidence of the proposed tokens)."""
+    def chain(self, prefix, gamma, defer: bool = False):
+        """(Proposal, the drafter's Draft, confidence of the proposed tokens). ``defer``: a greedy draft that is
+        still on the device stays there; the verification reads it back with its verdict, in one copy."""
         cfg = self.cfg
         if cfg.path_search:
             dr = self.d.draft(prefix, gamma, self.seed, sample=False)
             raw = dr.tokens
             toks = causal_path_search(dr.q, prefix, self.ngram, cfg.path_cfg(), sorted(self.stop)) if raw else []
             conf = dr.q[torch.arange(len(toks)), torch.tensor(toks, dtype=torch.long)] if toks else dr.conf[:0]
-            return Proposal(toks, None, None, self._before_stop(raw), dr.key), dr, conf
+            return Proposal(toks, None, None, _before_stop(raw, self.stop), dr.key), dr, conf
         dr = self.d.draft(prefix, gamma, self.seed, sample=self.sample and not self.point_mass)
+        q = None if (self.point_mass or not self.sample) else dr.q
+        if defer and isinstance(dr.ids, torch.Tensor):
+            return Proposal(q=q, key=dr.key, pending=dr.ids, stop=frozenset(self.stop)), dr, None
         toks = _cut_after_stop(dr.tokens, self.stop)
-        q = None if (self.point_mass or not self.sample) else dr.q[: len(toks)]
-        return Proposal(toks, q, None, self._before_stop(dr.tokens), dr.key), dr, dr.conf[: len(toks)]
-
-    def _before_stop(self, toks) -> int:
-        for i, t in enumerate(toks):
-            if int(t) in self.stop:
-                return i
-        return len(toks)
+        q = None if q is None else q[: len(toks)]
+        return Proposal(toks, q, None, _before_stop(dr.tokens, self.stop), dr.key), dr, dr.conf[: len(toks)]
 
     def tree(self, prefix, gamma) -> Proposal:
         if hasattr(self.d, "draft_tree"):   # a drafter that builds its own tree (prompt lookup's trie)
             tree, best, key = self.d.draft_tree(prefix, gamma, self.cfg.tree, self.stop)
-            return Proposal(tree=tree, before=self._before_stop(best), key=key)
+            return Proposal(tree=tree, before=_before_stop(best, self.stop), key=key)
         main, dr, conf = self.chain(prefix, gamma)
         toks = main.tokens
         tree = DraftTree()
@@ -209,15 +221,27 @@ def plain_round(state, pending: int, cfg: ARDecodeConfig, g) -> tuple:
 
 
 def chain_round(state, pending: int, prop: Proposal, cfg: ARDecodeConfig, g) -> tuple:
-    """Verify a chain in one target forward; keep the accepted prefix of the target's cache."""
-    base, toks = state.length, prop.tokens
-    logits = state.extend([pending] + toks)
-    if cfg.temperature > 0:
-        n_acc, nxt = sample_chain(toks, prop.q, logits, cfg.temperature, g, cfg.accept_rule)
+    """Verify a chain in one target forward; keep the accepted prefix of the target's cache. A draft still on
+    the device goes into the forward as it is; it comes back with the verdict in one copy."""
+    base = state.length
+    if prop.pending is not None:
+        logits = state.extend_on_device(pending, prop.pending)
+        verdict = logits.argmax(-1) if cfg.temperature == 0 else \
+            sample_chain(prop.pending, prop.q, logits, cfg.temperature, g, cfg.accept_rule, prop.stop)
+        host = torch.cat([prop.pending.to(logits.device), verdict]).tolist()   # the round's one read
+        raw, rest = host[:prop.pending.numel()], host[prop.pending.numel():]
+        state.note([pending] + raw)
+        prop.settle(raw)
+        n_acc, nxt = accept_prefix(prop.tokens, rest) if cfg.temperature == 0 else rest
     else:
-        n_acc, nxt = greedy_chain(toks, logits)
+        toks = prop.tokens
+        logits = state.extend([pending] + toks)
+        if cfg.temperature > 0:
+            n_acc, nxt = sample_chain(toks, prop.q, logits, cfg.temperature, g, cfg.accept_rule).tolist()
+        else:
+            n_acc, nxt = greedy_chain(toks, logits)
     state.crop(base + 1 + n_acc)
-    return toks[:n_acc] + [nxt], n_acc, len(toks)
+    return prop.tokens[:n_acc] + [nxt], n_acc, len(prop.tokens)
 
 
 def tree_round(state, pending: int, prop: Proposal, cfg: ARDecodeConfig, g) -> tuple:

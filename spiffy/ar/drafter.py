@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from ..devices import to_device
 from ..errors import ConfigError
 from ..sampling.config import GenerationConfig
 from ..sampling.noise import step_generator
@@ -35,10 +36,17 @@ from .vocab import allowed_ids, to_target_vocab
 
 @dataclass
 class Draft:
-    tokens: list            # drafted token ids (γ of them)
+    ids: object             # drafted token ids (γ of them): a list, or a tensor on the drafter's device, read
+                            # back when `tokens` is first asked for (a greedy chain is verified before that)
     q: torch.Tensor         # [γ, V_target] distribution each token was drawn from (drafter's float dtype)
     conf: torch.Tensor      # [γ] probability of the drafted token when it was committed
     key: Optional[object] = None   # how trustworthy the draft is, for the cost gate (None: always verified)
+
+    @property
+    def tokens(self) -> list:
+        if isinstance(self.ids, torch.Tensor):
+            self.ids = self.ids.tolist()
+        return self.ids
 
 
 class DLLMDrafter:
@@ -97,7 +105,7 @@ class DLLMDrafter:
                         and keep - len(self.ctx_tokens) < self.refresh):
             return
         dev = self.backend.device
-        x = torch.tensor([prefix[:keep]], dtype=torch.long, device=dev)
+        x = to_device(torch.tensor([prefix[:keep]], dtype=torch.long), dev)
         pos = torch.arange(keep, device=dev)
         out = self._forward(x, position_ids=pos[None], return_kv=True,
                             logits_index=torch.zeros(1, 1, dtype=torch.long, device=dev))
@@ -139,7 +147,7 @@ class DLLMDrafter:
         block = torch.full((B, G), be.pad_id, dtype=torch.long, device=dev)   # slot states (pad: no slot)
         for b, (p, g) in enumerate(zip(prefixes, gammas)):
             tail = p[lc:]
-            x[b, : len(tail)] = torch.tensor(tail, dtype=torch.long, device=dev)
+            x[b, : len(tail)] = to_device(torch.tensor(tail, dtype=torch.long), dev)
             x[b, len(tail): len(tail) + g + E] = be.mask_id
             valid[b, : len(tail) + g + E] = True
             pos[b, :g] = torch.arange(len(tail), len(tail) + g, device=dev)
@@ -163,10 +171,10 @@ class DLLMDrafter:
             conf = st.confidence if conf is None else torch.where(c, st.confidence, conf)
             block = st.tokens
             x.scatter_(1, pos, torch.where(block == be.pad_id, x.gather(1, pos), block))
-            if not bool((block == be.mask_id).any()):
+            if s + 1 < self.steps and not bool((block == be.mask_id).any()):   # a read: only where it can stop early
                 break
         q, conf = q.to(qdt), conf.to(qdt)
-        return [Draft(block[b, :g].tolist(), q[b, :g], conf[b, :g]) for b, g in enumerate(gammas)]
+        return [Draft(block[b, :g], q[b, :g], conf[b, :g]) for b, g in enumerate(gammas)]
 
     def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
         """Draft after the committed ``prefix`` (refreshing the prefix cache when it is on)."""

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from ..devices import to_device
 from ..errors import ConfigError, ModelLoadError
 from ..timing import ForwardClock
 
@@ -151,7 +152,7 @@ class TargetState:
         return len(self.tokens)
 
     def _tensor(self, ids) -> torch.Tensor:
-        return torch.tensor([list(ids)], dtype=torch.long, device=self.target.device)
+        return to_device(torch.tensor([list(ids)], dtype=torch.long), self.target.device)
 
     def extend(self, ids) -> torch.Tensor:
         """Append a causal chain of tokens; logits [len(ids), V]."""
@@ -160,6 +161,19 @@ class TargetState:
         self.tokens.extend(ids)
         self._add_features()
         return logits
+
+    def extend_on_device(self, pending: int, draft: torch.Tensor) -> torch.Tensor:
+        """Append ``pending`` and then ``draft`` [γ], token ids still on the device (nothing is read back):
+        logits [1 + γ, V]. The ids join :attr:`tokens` when the caller has them (:meth:`note`)."""
+        dev = self.target.device
+        ids = torch.cat([to_device(torch.tensor([int(pending)], dtype=torch.long), dev), draft.to(dev)])
+        logits = self.target.run(ids[None], self.cache, feature_layers=self.feature_layers)
+        self._add_features()
+        return logits
+
+    def note(self, ids) -> None:
+        """Record the ids of the last :meth:`extend_on_device` once they are on the host."""
+        self.tokens.extend(int(t) for t in ids)
 
     def extend_tree(self, ids, parents) -> torch.Tensor:
         """Append a token tree: ``parents[j]`` is the index (into ``ids``) of node j's parent, or -1 for a
@@ -182,7 +196,7 @@ class TargetState:
                 allow[j, past:] |= allow[p, past:]
         mask = torch.zeros(1, 1, n, past + n, dtype=dt, device=dev)
         mask.masked_fill_(~allow[None, None], torch.finfo(dt).min)
-        pos = torch.tensor([[past + d - 1 for d in depth]], dtype=torch.long, device=dev)
+        pos = to_device(torch.tensor([[past + d - 1 for d in depth]], dtype=torch.long), dev)
         logits = self.target.run(self._tensor(ids), self.cache, position_ids=pos, attention_mask=mask,
                                  feature_layers=self.feature_layers)
         self.tokens.extend(int(t) for t in ids)
@@ -203,12 +217,12 @@ class TargetState:
         if offsets == list(range(len(offsets))):
             self.crop(start + len(offsets))
             return
-        idx = torch.tensor(list(range(start)) + [start + o for o in offsets], dtype=torch.long,
-                           device=self.target.device)
+        kept = list(range(start)) + [start + o for o in offsets]
+        idx = to_device(torch.tensor(kept, dtype=torch.long), self.target.device)
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(-2, idx)
             layer.values = layer.values.index_select(-2, idx)
-        self.tokens = [self.tokens[i] for i in idx.tolist()]
+        self.tokens = [self.tokens[i] for i in kept]
         if self.features is not None:
             self.features = self.features.index_select(0, idx)
 

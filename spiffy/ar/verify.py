@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from ..devices import to_device
+
 RULES = ("exact", "always", "ratio_no_residual")   # the last two are deliberately wrong (tests only)
 
 
@@ -36,38 +38,55 @@ def _uniform(generator) -> float:
 
 def greedy_chain(draft: list, logits: torch.Tensor) -> tuple[int, int]:
     """``logits`` [len(draft)+1, V]: row i predicts the token after draft[:i]. Returns (accepted, next)."""
-    top = logits.argmax(-1).tolist()
+    return accept_prefix(draft, logits.argmax(-1).tolist())
+
+
+def accept_prefix(draft: list, top: list) -> tuple[int, int]:
+    """``top``: the target's argmax after each prefix of the draft (len(draft) + 1 or more). Returns (accepted, next)."""
     n = 0
     while n < len(draft) and draft[n] == top[n]:
         n += 1
     return n, top[n]
 
 
-def sample_chain(draft: list, q: Optional[torch.Tensor], logits: torch.Tensor, temperature: float,
-                 generator: torch.Generator, rule: str = "exact") -> tuple[int, int]:
-    """Speculative sampling of a chain. ``q`` [γ, V] (None: each draft token is a point mass)."""
+def sample_chain(draft, q: Optional[torch.Tensor], logits: torch.Tensor, temperature: float,
+                 generator: torch.Generator, rule: str = "exact", stop=()) -> torch.Tensor:
+    """Speculative sampling of a chain, as tensor code on the logits' device (nothing is read back): returns
+    [2] = (accepted, next token), for the caller to read in one copy. ``draft``: ids [γ], a list or a tensor
+    (e.g. still on the device); a draft holding a stop token ends after it. ``q`` [γ, V] (None: each draft
+    token is a point mass). One uniform per draft position is drawn, then one categorical draw: the
+    uniforms past the first rejection are unused, which leaves every draw independent of the others, so the
+    output is distributed exactly as the target's own sampling."""
     if rule not in RULES:
         raise ValueError(f"unknown acceptance rule {rule!r}")
     p_all = target_probs(logits, temperature)
-    for i, d in enumerate(draft):
-        p = p_all[i]
-        qd = 1.0 if q is None else float(q[i, d])
-        pd = float(p[d])
-        if rule == "always":
-            continue
-        ratio = pd / qd if qd > 0 else float("inf")
-        if _uniform(generator) < min(1.0, ratio):
-            continue
-        if rule == "ratio_no_residual":
-            return i, _draw(p, generator)
-        if q is None:
-            res = p.clone()
-            res[d] = 0.0
-        else:
-            res = (p - q[i].to(p.dtype)).clamp(min=0.0)
-        s = float(res.sum())
-        return i, _draw(res / s if s > 0 else p, generator)
-    return len(draft), _draw(p_all[len(draft)], generator)
+    dev = p_all.device
+    d = draft.to(dev) if isinstance(draft, torch.Tensor) else to_device(torch.tensor(draft, dtype=torch.long), dev)
+    g = d.numel()
+    if g == 0:
+        return torch.cat([d.new_zeros(1), torch.multinomial(p_all[0], 1, generator=generator)])
+    i = torch.arange(g, device=dev)
+    pd = p_all[i, d]
+    qd = torch.ones_like(pd) if q is None else q.to(dev)[i, d].to(torch.float64)
+    ratio = torch.where(qd > 0, pd / qd.clamp(min=torch.finfo(torch.float64).tiny), torch.full_like(pd, float("inf")))
+    u = torch.rand(g, generator=generator, dtype=torch.float64, device=dev)
+    ok = torch.ones_like(pd, dtype=torch.bool) if rule == "always" else u < ratio.clamp(max=1.0)
+    length = i.new_full((), g)
+    if stop:
+        is_stop = torch.isin(d, to_device(torch.tensor(sorted(stop), dtype=torch.long), dev))
+        length = torch.where(is_stop.any(), is_stop.to(torch.uint8).argmax() + 1, length)
+    n = torch.minimum(ok.to(torch.long).cumprod(0).sum(), length)
+    p_n = p_all[n]
+    j = n.clamp(max=g - 1)                                  # the rejected position (when n < length)
+    if rule == "ratio_no_residual":
+        res = p_n
+    elif q is None:
+        res = p_n.scatter(0, d[j][None], 0.0)
+    else:
+        res = (p_n - q.to(dev)[j].to(torch.float64)).clamp(min=0.0)
+    dist = torch.where(n < length, res, p_n)
+    dist = torch.where(dist.sum() > 0, dist, p_n)
+    return torch.stack([n, torch.multinomial(dist, 1, generator=generator)[0]])
 
 
 def _children(parents: list) -> dict:
