@@ -66,3 +66,37 @@ def test_spiffy_generate_stays_the_function_after_its_module_is_imported():
 
     importlib.import_module("spiffy.generation")
     assert callable(spiffy.generate) and spiffy.generate.__name__ == "generate"
+
+
+def test_every_speculative_field_is_an_option_and_reaches_the_config(monkeypatch):
+    """Spiffy's options are SpeculativeConfig's fields (names, defaults, help); what the command line sets is
+    what generate() receives; reading them imports no torch (so `spiffy --help` stays quick)."""
+    import subprocess
+    import sys
+
+    from spiffy.speculative.config import SpeculativeConfig
+
+    params = {p.name: p for p in main.commands["sample"].params}
+    for f in dataclasses.fields(SpeculativeConfig):
+        assert f.name in params, f"spiffy sample cannot set {f.name}"
+        assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"], f.name
+    import spiffy.generation
+
+    seen = {}
+
+    def spy(backend, prompt, cfg, chat=True, speculative=None):
+        seen["spec"] = speculative
+        raise SystemExit(0)
+
+    monkeypatch.setattr(spiffy.generation, "generate", spy)
+    r = CliRunner().invoke(main, ["sample", "--model", "tiny-llada", "--prompt", "hi", "--spiffy", "--budget", "3",
+                                  "--verify", "packed", "--prune", "2", "--no-use-calibration", "--calibration-dir",
+                                  "cal", "--measure-mismatch", "--allow-mismatch", "--static"])
+    assert r.exit_code == 0, r.output
+    assert dataclasses.asdict(seen["spec"]) == dict(
+        budget=3, graph=None, verify="packed", prune=2, use_calibration=False, calibration_dir="cal",
+        measure_mismatch=True, allow_mismatch=True, static=True)
+    r = CliRunner().invoke(main, ["sample", "--model", "tiny-llada", "--prompt", "hi", "--prune", "2"])
+    assert r.exit_code == 2 and "need --spiffy (given: --prune)" in r.output
+    code = "import sys, spiffy.cli.sample; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -20,6 +20,15 @@ def decode_options(f):
     return f
 
 
+def speculative_options(f):
+    """Spiffy's options (every field of SpeculativeConfig)."""
+    from ..speculative.config import SpeculativeConfig
+
+    for o in reversed(dataclass_options(SpeculativeConfig)):
+        f = o(f)
+    return f
+
+
 def config_from(kw: dict):
     from ..sampling.config import GenerationConfig
 
@@ -31,24 +40,36 @@ def fail(msg: str):
     sys.exit(2)
 
 
-def reject_given(ctx: click.Context, names, why: str):
-    """Fail when any of the parameters ``names`` was given on the command line (they do not apply)."""
+def given_options(ctx: click.Context, names) -> list:
+    """The flags of the parameters ``names`` that were given on the command line."""
     from click.core import ParameterSource
 
     flags = {p.name: p.opts[0] for p in ctx.command.params}
-    given = [flags[n] for n in names if n in flags and ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    return [flags[n] for n in names if n in flags and ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
+def reject_given(ctx: click.Context, names, why: str):
+    """Fail when any of the parameters ``names`` was given on the command line (they do not apply)."""
+    given = given_options(ctx, names)
     if given:
         fail(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+def _spiffy_fields() -> tuple:
+    from ..speculative.config import SpeculativeConfig
+
+    return field_names(SpeculativeConfig)
 
 
 def _dllm_only() -> tuple:
     from ..sampling.config import GenerationConfig
 
     shared = ("gen_length", "temperature", "seed")   # AR mode uses these too
-    return tuple(n for n in field_names(GenerationConfig) if n not in shared) + (
-        "use_spiffy", "budget", "graph_file", "verify", "allow_mismatch", "static", "compile_mode")
+    return tuple(n for n in field_names(GenerationConfig) if n not in shared) + SPIFFY_FIELDS + (
+        "use_spiffy", "compile_mode")
 
 
+SPIFFY_FIELDS = _spiffy_fields()
 DLLM_ONLY = _dllm_only()
 # the default dLLM of `spiffy sample`: its answers read better than the 2.5M reference's (models/spiffy-smollm2-dlm
 # card shows both); it needs the SmolLM2 base in the cache
@@ -67,26 +88,16 @@ DEFAULT_MODEL = "spiffy-smollm2-dlm"
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text.")
 @click.option("--spiffy", "use_spiffy", is_flag=True, help="Decode with Spiffy (same output, fewer model calls).")
-@click.option("--budget", type=int, default=None, help="Spiffy: draft states per model call [default: 8].")
-@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
-              help="Spiffy: draft graph JSON file (instead of --budget).")
-@click.option("--verify", type=click.Choice(["batch", "packed"]), default=None,
-              help="Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
-                   "near-lossless otherwise) [default: batch].")
-@click.option("--allow-mismatch", is_flag=True,
-              help="Spiffy: use a calibrated graph even when it was calibrated for another model (experiments only).")
-@click.option("--static", is_flag=True,
-              help="Spiffy: every call at one static shape (padded to the budget): bit for bit the baseline run with "
-                   "--static-drafts BUDGET --static-layout VERIFY, on any device; what --compile wants.")
+@speculative_options
 @click.option("--compile", "compile_mode", type=click.Choice(["off", "on", "auto"]), default="auto", show_default=True,
               help="torch.compile the model's forward (fullgraph, one graph per shape; CUDA graphs on a GPU). auto: on "
                    "for CUDA when every call has a static shape (--spiffy --static, or --static-drafts), else off.")
 @ar_sample_options
-def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph_file, verify, allow_mismatch, static,
-           compile_mode, **kw):
+def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, compile_mode, **kw):
     """Generate a continuation of PROMPT with the baseline sampler (or Spiffy with --spiffy; or, with
     --target, let the dLLM draft for an autoregressive target whose output is unchanged)."""
     ar = {k: kw.pop(k) for k in AR_SAMPLE_PARAMS}
+    spiffy_kw = {k: kw.pop(k) for k in SPIFFY_FIELDS}
     ctx = click.get_current_context()
     if ar["target"] is not None:
         reject_given(ctx, DLLM_ONLY, "to AR-verifier mode (--target): they are dLLM sampler and Spiffy options")
@@ -100,15 +111,15 @@ def sample(model, prompt, device, dtype, raw, as_json, use_spiffy, budget, graph
     try:
         cfg = config_from(kw)
         spec = None
+        given = given_options(ctx, SPIFFY_FIELDS)
         if use_spiffy:
-            from ..speculative import SpeculativeConfig
+            from ..speculative.config import SpeculativeConfig
 
-            if budget is not None and graph_file is not None:
+            if {"--budget", "--graph"} <= set(given):
                 raise ConfigError("give --budget or --graph, not both")
-            spec = SpeculativeConfig(budget=8 if budget is None else budget, graph=graph_file,
-                                     verify=verify or "batch", allow_mismatch=allow_mismatch, static=static).validate()
-        elif budget is not None or graph_file is not None or verify is not None or allow_mismatch or static:
-            raise ConfigError("--budget, --graph, --verify, --allow-mismatch and --static need --spiffy")
+            spec = SpeculativeConfig(**spiffy_kw).validate()
+        elif given:
+            raise ConfigError(f"Spiffy's options need --spiffy (given: {', '.join(given)})")
         try:
             backend = load_backend(model or DEFAULT_MODEL, device=device, dtype=dtype)
         except SpiffyError as e:

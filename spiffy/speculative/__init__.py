@@ -5,13 +5,22 @@ calibration), ``calibrated`` (finding calibrated graphs), ``proposer`` (drafts f
 runtime pruning), ``verifier`` (batch / packed verification forwards), ``walk`` (per-round plan and
 acceptance walk), ``stats``, ``decoder`` (the decode loop), ``replay`` (baseline traces, predicted NFE).
 """
-from .config import NearLosslessWarning, SpeculativeConfig
-from .decoder import generate_speculative
-from .defaults import DEFAULT_BUDGETS, default_graph
-from .graph import ROOT, formula, graph_from_dict, graph_to_dict, load_graph, make_graph, save_graph, validate_graph
-from .proposer import DraftSource, Pruner, geometric_mean_score
-from .stats import SpeculativeStats
+import importlib
 
-__all__ = ["SpeculativeConfig", "generate_speculative", "SpeculativeStats", "NearLosslessWarning", "default_graph",
-           "DEFAULT_BUDGETS", "make_graph", "load_graph", "save_graph", "validate_graph", "graph_to_dict",
-           "graph_from_dict", "formula", "ROOT", "DraftSource", "Pruner", "geometric_mean_score"]
+# names -> the module that defines them; imported on first use, so that the CLI can read SpeculativeConfig's
+# fields (its options) without importing torch
+_EXPORTS = {
+    "SpeculativeConfig": "config", "NearLosslessWarning": "config", "generate_speculative": "decoder",
+    "DEFAULT_BUDGETS": "defaults", "default_graph": "defaults", "ROOT": "graph", "formula": "graph",
+    "graph_from_dict": "graph", "graph_to_dict": "graph", "load_graph": "graph", "make_graph": "graph",
+    "save_graph": "graph", "validate_graph": "graph", "DraftSource": "proposer", "Pruner": "proposer",
+    "geometric_mean_score": "proposer", "SpeculativeStats": "stats"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,15 +1,19 @@
 """How Spiffy speculates (the baseline's own settings stay in GenerationConfig)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
-
-import networkx as nx
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..errors import ConfigError
-from .proposer import Pruner
-from .verifier import VERIFY_MODES
+from ..sampling.config import STATIC_LAYOUTS
+
+VERIFY_MODES = STATIC_LAYOUTS   # spiffy.speculative.verifier's (this module imports no torch: the CLI reads it)
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from .proposer import Pruner
 
 
 MAX_BUDGET = 64   # draft states per model call; the graphs of larger budgets take seconds to build and never pay
@@ -43,15 +47,27 @@ class SpeculativeConfig:
     static_layout=verify)`` (:meth:`static_config`), on any device; a compiled step needs it too.
     """
 
-    budget: int = 8
-    graph: Union[None, str, Path, nx.DiGraph] = None
-    verify: str = "batch"
-    prune: Union[None, int, Pruner] = None
-    use_calibration: bool = True
-    calibration_dir: Optional[str] = None
-    measure_mismatch: bool = False
-    allow_mismatch: bool = False
-    static: bool = False
+    budget: int = field(default=8, metadata={
+        "help": "Spiffy: draft states verified per model call (D); picks the calibrated graph or builds the default."})
+    graph: Union[None, str, Path, "nx.DiGraph"] = field(default=None, metadata={
+        "help": "Spiffy: a draft graph JSON file (instead of --budget).", "type": str})
+    verify: str = field(default="batch", metadata={
+        "help": "Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
+                "near-lossless otherwise).", "choices": VERIFY_MODES})
+    prune: Union[None, int, "Pruner"] = field(default=None, metadata={
+        "help": "Spiffy: verify only the best N draft states per round (runtime pruning).", "type": int})
+    use_calibration: bool = field(default=True, metadata={
+        "help": "Spiffy: use the calibrated graph for this model and setting when there is one."})
+    calibration_dir: Optional[str] = field(default=None, metadata={
+        "help": "Spiffy: where calibrated graphs are [default: the bundled calibration/]."})
+    measure_mismatch: bool = field(default=False, metadata={
+        "help": "Spiffy, packed without the dual cache: re-run each accepted draft (not counted) and count the steps "
+                "whose outcome would differ."})
+    allow_mismatch: bool = field(default=False, metadata={
+        "help": "Spiffy: use a calibrated graph even when it was calibrated for another model (experiments only)."})
+    static: bool = field(default=False, metadata={
+        "help": "Spiffy: every call at one static shape (padded to the budget): bit for bit the baseline run with "
+                "--static-drafts BUDGET --static-layout VERIFY, on any device; what --compile wants."})
 
     def validate(self) -> "SpeculativeConfig":
         if self.verify not in VERIFY_MODES:
@@ -73,7 +89,9 @@ class SpeculativeConfig:
         return dataclasses.replace(cfg, static_drafts=self.budget if budget is None else budget,
                                    static_layout=self.verify)
 
-    def pruner(self) -> Optional[Pruner]:
+    def pruner(self):
+        from .proposer import Pruner
+
         if self.prune is None:
             return None
         if isinstance(self.prune, int):
@@ -82,8 +100,8 @@ class SpeculativeConfig:
 
     def to_dict(self) -> dict:
         g = self.graph
-        return {"budget": self.budget, "graph": None if g is None else ("<DiGraph>" if isinstance(g, nx.DiGraph)
-                                                                         else str(g)),
+        return {"budget": self.budget, "graph": None if g is None else (str(g) if isinstance(g, (str, Path))
+                                                                         else "<DiGraph>"),
                 "verify": self.verify, "prune": self.prune if isinstance(self.prune, (int, type(None)))
                 else f"Pruner(keep={self.prune.keep})", "use_calibration": self.use_calibration,
                 "measure_mismatch": self.measure_mismatch, "static": self.static}
