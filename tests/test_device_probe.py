@@ -35,3 +35,17 @@ def test_interpolation_stays_inside_the_measured_curve():
     assert device_probe._interp(c, 2) == 1.5
     with pytest.raises(ValueError):
         device_probe._interp(c, 4)
+
+
+def test_replayed_section_dry_run(tmp_path):
+    """Section 4 at toy shapes: Spiffy's real calls on a random model follow the reference dLLM's traces (its NFE is
+    the trace's replayed NFE), eager and compiled (static), against the baseline on the same model."""
+    out = tmp_path / "probe.json"
+    device_probe.main(["--small", "--device", "cpu", "--out", str(out), "--only-replayed", "--context", "48",
+                       "--replayed-prompts", "1", "--replayed-gen-length", "32", "--replayed-budgets", "3"])
+    rep = json.loads(out.read_text())["replayed"]
+    assert "error" not in rep, rep
+    for phase in ("eager", "compiled"):
+        row = rep["runs"][f"{phase}/D3"]
+        assert row["nfe_equals_replay"] and row["nfe_baseline"] == 32 and row["nfe_spiffy"] < 32, row
+        assert row["baseline_s"] > 0 and row["spiffy_s"] > 0 and row["rounds"] > 0

@@ -12,12 +12,17 @@ budget, it measures and writes one JSON:
    prompts whose tokens are identical, and Spiffy's call shapes (rounds, drafts per round, block starts).
 3. **A projection** of Spiffy's wall-clock ratio on the 8B shapes: the reference model's call counts and
    shapes from (2), each call priced from the cost curve of (1), against the NFE ratio.
+4. **Replayed acceptance at 8B shapes, timed** (:mod:`spiffy.bench.replayed`): the random LLaDA-8B-shaped model
+   decodes with Spiffy's real calls (verification forwards, walk on the device, one copy per call) following
+   the reference dLLM's recorded traces, against the baseline on the same model; eager (plain shapes), and
+   compiled (Spiffy at its static shape vs the compiled plain baseline).
 
 Every section records its own seconds; a section that would run past the budget is skipped and says so.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -29,11 +34,11 @@ SHAPES = {
     "dream-7b": dict(family="dream", hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
                      num_hidden_layers=28, intermediate_size=18944, vocab_size=152064),
 }
-SMALL = {   # CPU dry run: the same code at toy sizes
+SMALL = {   # CPU dry run: the same code at toy sizes (a vocabulary that holds the reference dLLM's 8192 ids)
     "llada-8b": dict(family="llada", d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128,
-                     vocab_size=512),
+                     vocab_size=8200, mask_token_id=8199),
     "dream-7b": dict(family="dream", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                     num_hidden_layers=2, intermediate_size=128, vocab_size=512),
+                     num_hidden_layers=2, intermediate_size=128, vocab_size=8200, mask_token_id=8199),
 }
 
 
@@ -126,7 +131,7 @@ def cost_curves(name: str, spec: dict, device: str, context: int, block: int, ro
     if clock.cuda:
         out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         torch.cuda.reset_peak_memory_stats()
-    del model
+    model = None
     if clock.cuda:
         torch.cuda.empty_cache()
     out["seconds"] = round(time.time() - t0, 1)
@@ -217,6 +222,85 @@ def compiled_static(be, text: str, D: int, common: dict) -> dict:
     return res
 
 
+def replayed_section(spec: dict, device: str, context: int, gen_length: int, prompts: int, budgets: list,
+                     compiled: bool, deadline: float) -> dict:
+    """Spiffy with the reference dLLM's acceptance on a random model of ``spec``'s shape (section 4): per budget,
+    summed seconds of the baseline and of Spiffy over ``prompts`` traced prompts (each after a
+    ``context``-token random prefix), eager and, with ``compiled``, compiled (Spiffy static)."""
+    import random
+
+    import torch
+
+    from ..backends import load_backend
+    from ..backends.backend import DiffusionBackend
+    from ..resources import resource_dir
+    from ..sampling.baseline import generate_baseline
+    from ..sampling.config import GenerationConfig
+    from ..speculative import SpeculativeConfig
+    from ..speculative.replay import provider_for, trace_baseline
+    from .replayed import replayed_decode
+
+    t0 = time.time()
+    ref = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
+    cfg = GenerationConfig(gen_length=gen_length, block_length=32, cache="dual")
+    texts = []
+    for p in sorted((resource_dir("calibration") / "prompts").glob("*.jsonl"))[:1]:
+        texts = [json.loads(line).get("prompt") or json.loads(line).get("question") for line in
+                 p.read_text().splitlines() if line.strip()]
+    texts = (texts or ["What is 12 times 7?"])[:prompts]
+    traced = [trace_baseline(ref, ref.encode_prompt(t), cfg) for t in texts]
+    dt = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    backend = DiffusionBackend(random_model(spec, device, dt), spec["family"], name="random-" + spec["family"])
+    rng = random.Random(0)
+    full = [[rng.randrange(8, 8000) for _ in range(max(0, context - len(r.prompt_ids[0])))] + r.prompt_ids[0]
+            for r, _ in traced]
+    clock = Clock(device)
+    out = {"model": spec, "dtype": str(dt), "context": context, "gen_length": gen_length, "prompts": len(texts),
+           "runs": {}}
+    phases = ("eager", "compiled") if compiled else ("eager",)
+    try:
+        for phase in phases:
+            if phase == "compiled":
+                backend.compile()
+            for D in budgets:
+                if time.time() > deadline:
+                    out["runs"][f"{phase}/D{D}"] = "skipped: budget"
+                    continue
+                spec_cfg = SpeculativeConfig(budget=D, static=phase == "compiled")
+                provider, _ = provider_for(ref, cfg, spec_cfg)
+                run_cfg = spec_cfg.static_config(cfg, provider.budget) if phase == "compiled" else cfg
+                row = {"baseline_s": 0.0, "spiffy_s": 0.0, "nfe_baseline": 0, "nfe_spiffy": 0, "rounds": 0}
+                for prompt, (_, tr) in zip(full, traced):
+                    tr = dataclasses.replace(tr, cfg=run_cfg)
+                    if phase == "compiled":      # the first decodes compile the shapes
+                        generate_baseline(backend, [prompt], cfg)
+                        replayed_decode(backend, prompt, tr, provider, spec_cfg)
+                    base = {}
+                    row["baseline_s"] += clock.time(lambda: base.update(r=generate_baseline(backend, [prompt], cfg)),
+                                                    repeats=1, warmup=0)
+                    got = {}
+                    row["spiffy_s"] += clock.time(lambda: got.update(r=replayed_decode(backend, prompt, tr, provider,
+                                                                                         spec_cfg)), repeats=1, warmup=0)
+                    row["nfe_baseline"] += base["r"].nfe
+                    row["nfe_spiffy"] += got["r"]["nfe"]
+                    row["rounds"] += got["r"]["rounds"]
+                    row["nfe_equals_replay"] = row.get("nfe_equals_replay", True) and \
+                        got["r"]["nfe"] == got["r"]["replayed_nfe"]
+                row["nfe_ratio"] = round(row["nfe_baseline"] / max(1, row["nfe_spiffy"]), 3)
+                row["wall_ratio"] = round(row["baseline_s"] / row["spiffy_s"], 3) if row["spiffy_s"] else None
+                row["fraction_of_nfe_ratio"] = round(row["wall_ratio"] / row["nfe_ratio"], 3) if row["wall_ratio"] else None
+                out["runs"][f"{phase}/D{D}"] = row
+    except Exception as e:   # a compile failure is a result too
+        out["error"] = f"{type(e).__name__}: {e}"[:500]
+    if clock.cuda:
+        out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    backend = None   # free the weights before the next section
+    if clock.cuda:
+        torch.cuda.empty_cache()
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
 def _interp(curve: dict, r: float) -> float:
     """Linear interpolation of a cost curve {rows: seconds} at ``r`` rows (within the measured range)."""
     pts = sorted((int(k), v) for k, v in curve.items())
@@ -273,6 +357,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--gen-length", type=int, default=128)
     ap.add_argument("--budgets", default="3,5,8")
     ap.add_argument("--no-cost", action="store_true", help="skip the cost curves (identical rate and compiled only)")
+    ap.add_argument("--replayed-prompts", type=int, default=2, help="section 4: traced prompts (0: skip the section)")
+    ap.add_argument("--replayed-budgets", default="5")
+    ap.add_argument("--replayed-gen-length", type=int, default=128)
+    ap.add_argument("--replayed-compiled", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--only-replayed", action="store_true", help="run section 4 alone")
     a = ap.parse_args(argv)
     t_start = time.time()
     deadline = t_start + a.budget_s
@@ -283,6 +372,8 @@ def main(argv=None) -> dict:
     crow = [int(x) for x in a.compiled_rows.split(",") if x]
     shapes = SMALL if a.small else SHAPES
     res["cost"] = {}
+    if a.only_replayed:
+        a.no_cost = True
     for name, spec in ({} if a.no_cost else shapes).items():
         if time.time() > deadline:
             res["cost"][name] = "skipped: budget"
@@ -292,11 +383,17 @@ def main(argv=None) -> dict:
         except Exception as e:
             res["cost"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
         _write(a.out, res)
+    if a.replayed_prompts and a.only_replayed:
+        res["replayed"] = _replayed(a, shapes, deadline)
+        _write(a.out, res)
     try:
-        res["identical"] = identical_rate(a.device, a.prompts, a.gen_length, [int(x) for x in a.budgets.split(",")],
-                                          deadline + 120)
+        res["identical"] = {} if a.only_replayed else identical_rate(
+            a.device, a.prompts, a.gen_length, [int(x) for x in a.budgets.split(",")], deadline + 120)
     except Exception as e:
         res["identical"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    if a.replayed_prompts and not a.only_replayed:
+        _write(a.out, res)
+        res["replayed"] = _replayed(a, shapes, deadline + 120)
     from .cost_model import table_from_probe
 
     res["cost_tables"] = {f"{m}/{mode}": table_from_probe(res, m, mode, f"{m}-{mode}") for m, c in res["cost"].items()
@@ -307,6 +404,14 @@ def main(argv=None) -> dict:
     _write(a.out, res)
     print(json.dumps({"out": a.out, "seconds": res["seconds"]}))
     return res
+
+
+def _replayed(a, shapes: dict, deadline: float) -> dict:
+    try:
+        return replayed_section(shapes["llada-8b"], a.device, a.context, a.replayed_gen_length, a.replayed_prompts,
+                                [int(x) for x in a.replayed_budgets.split(",")], a.replayed_compiled, deadline)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _write(path, obj):
