@@ -18,6 +18,17 @@ from tests.block_fixtures import greedy_rows, tiny_drafter_model, trained_tiny_d
 warnings.filterwarnings("ignore")
 
 
+def _from_scratch(drafter, tokens: list, features):
+    """The drafter's context cache built in one go for ``tokens`` and their target features (what the
+    incremental cache must equal)."""
+    from spiffy.ar.block_drafter import ContextCache
+
+    cache = ContextCache()
+    if tokens:
+        cache.extend(tokens, drafter._kv(features, 0))
+    return cache
+
+
 @pytest.fixture(scope="module")
 def pair():
     tgt = tiny_target(vocab=64, seed=1)
@@ -89,7 +100,7 @@ def test_feature_cache_equals_rebuilt(pair, kw):
     assert st.tokens == committed
     assert torch.allclose(st.features, _full_features(tgt, committed), atol=1e-9)
     d.sync()
-    fresh = d.context_from_scratch(committed, _full_features(tgt, committed))
+    fresh = _from_scratch(d, committed, _full_features(tgt, committed))
     assert d.cache.tokens == fresh.tokens
     for (k0, v0), (k1, v1) in zip(d.cache.kv, fresh.kv):
         assert torch.allclose(k0, k1, atol=1e-9) and torch.allclose(v0, v1, atol=1e-9)
@@ -106,7 +117,7 @@ def test_cache_cut_back_when_the_committed_text_changes(pair):
     st.crop(3)
     st.extend([9, 9])
     d.sync()
-    fresh = d.context_from_scratch(st.tokens, _full_features(tgt, st.tokens))
+    fresh = _from_scratch(d, st.tokens, _full_features(tgt, st.tokens))
     assert d.cache.tokens == [1, 2, 3, 9, 9]
     for (k0, _), (k1, _) in zip(d.cache.kv, fresh.kv):
         assert torch.allclose(k0, k1, atol=1e-9)

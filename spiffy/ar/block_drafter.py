@@ -110,14 +110,6 @@ class BlockDrafter:
         self.reset()
         self.state = state
 
-    def context_from_scratch(self, tokens: list, features: torch.Tensor) -> ContextCache:
-        """A cache built in one go for ``tokens`` and their target ``features`` [C, F] (what the incremental
-        cache must equal)."""
-        cache = ContextCache()
-        if tokens:
-            cache.extend(tokens, self._kv(features, 0))
-        return cache
-
     def _kv(self, features: torch.Tensor, start: int) -> list:
         m = self.model
         dev = m.fc.weight.device
@@ -199,9 +191,3 @@ class BlockDrafter:
     def draft(self, prefix, gamma: int, seed: int = 0, sample: bool = False) -> Draft:
         return self.draft_batch([list(prefix)], [gamma], seed, sample)[0]
 
-
-def load_block_drafter(path, target, temperature: float = 0.0) -> BlockDrafter:
-    from pathlib import Path
-
-    model = BlockDrafterModel.load(path, device=target.device, dtype=target.dtype)
-    return BlockDrafter(model, target, temperature, name=Path(str(path)).name)
