@@ -48,6 +48,7 @@ class ModelScorer:
     def __init__(self, session: DecodeSession, spec: SpeculativeConfig, step: StepRule, k: int):
         self.session, self.spec, self.step, self.k = session, spec, step, k
         self.early_exit = session.x.device.type == "cpu"     # stopping the walk early reads a flag: free on a CPU
+        self.t_walk = Timer()     # the walks and their copies (on a GPU the copy also waits for the forward)
 
     def first(self, b: int, block: torch.Tensor, iters: int) -> list:
         B = block.shape[0]
@@ -72,8 +73,10 @@ class ModelScorer:
     def _walk(self, b, t, states, children, flat, counts, iters) -> list:
         R, n = states.shape[0], states.shape[-1]
         offs = to_device(torch.tensor([sum(counts[:j]) for j in range(R)]), flat.device)
-        path, out = accept_on_device(self.step, flat, offs, states, children, b, t, iters, self.k, self.early_exit)
-        host = out.cpu().numpy()              # the round's ONE device -> host copy
+        with self.t_walk:
+            path, out = accept_on_device(self.step, flat, offs, states, children, b, t, iters, self.k,
+                                         self.early_exit)
+            host = out.cpu().numpy()          # the round's ONE device -> host copy
         I = path.shape[1]
         walks = []
         for r in range(R):
@@ -270,5 +273,5 @@ def generate_speculative(backend, prompts: list, cfg: GenerationConfig, spec: Sp
     block_steps = decode_blocks(session, source, step, step.schedule(), on_block=on_block)
     res = finish(session, prompts, block_steps, t0, stats, {**cfg.to_dict(), "speculative": spec.to_dict()})
     stats.nfe, stats.model_s, stats.wall_s = res.nfe, res.model_s, res.wall_s
-    stats.drafting_s, stats.bookkeeping_s = source.t_draft.t, source.t_book.t
+    stats.drafting_s, stats.bookkeeping_s = source.t_draft.t, source.t_book.t + scorer.t_walk.t
     return res
