@@ -1,10 +1,9 @@
 """Tree verification: every node's logits equal a separate forward of its root-to-node path."""
 import warnings
 
-import pytest
 import torch
 
-from spiffy.ar import DraftTree, branch_points, rejection_scores
+from spiffy.ar import DraftTree, branch_alternatives, rejection_scores
 from tests.ar_fixtures import tiny_target
 
 warnings.filterwarnings("ignore")
@@ -38,12 +37,16 @@ def test_tree_attention_matches_path_forwards():
         assert torch.allclose(nxt, tgt.model(torch.tensor([path])).logits[0, -1], atol=1e-10)
 
 
-def test_rejection_scores_and_branch_points():
+def test_rejection_scores_and_branch_alternatives():
     c = torch.tensor([0.9, 0.8, 0.3, 0.95])
     r = rejection_scores(c)
     expect = [1 - 0.9, 0.9 * 0.2, 0.9 * 0.8 * 0.7, 0.9 * 0.8 * 0.3 * 0.05]
     assert torch.allclose(r, torch.tensor(expect, dtype=torch.float64))
-    assert branch_points(c, 2) == [1, 2]
+    q = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.3, 0.0, 0.7], [0.95, 0.05, 0.0]])
+    # positions 1 and 2 are the likeliest rejections; their runner-ups besides the drafted token
+    assert branch_alternatives(c, q, [0, 0, 2, 0], 2) == [(1, 1), (2, 0)]
+    assert branch_alternatives(c, q, [0, 0, 0, 0], 2) == [(1, 1), (2, 2)]
+    assert branch_alternatives(c, torch.tensor([[1.0, 0.0, 0.0]] * 4), [0] * 4, 2) == []   # no other token
 
 
 def test_tree_stops_after_eos():

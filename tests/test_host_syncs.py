@@ -55,3 +55,29 @@ def test_ar_chain_reads_once_per_round():
         with count_host_syncs() as c:
             res = generate_ar(tgt, drafter, [3, 4, 5, 6], **kw)
         assert res.rounds >= 8 and total(c) <= res.rounds + hf, (temperature, dict(c), res.rounds, hf)
+
+
+def test_walk_without_early_exit_is_the_same_decode(monkeypatch):
+    """On a GPU the walk never stops early (that would read a flag): it computes the full depth of the round and
+    marks the steps past the path's end OFF. Forced here on the CPU, decodes are unchanged: tokens, calls and
+    acceptance, greedy and sampled, fixed-count and threshold, one row and two."""
+    from spiffy.speculative import decoder
+
+    be = tiny_backend("llada", dtype=torch.float32)
+    prompts = [[3, 4, 5, 6, 7], [8, 9, 10]]
+    spec = SpeculativeConfig(budget=4, use_calibration=False)
+    for kw in (dict(), dict(temperature=0.7, seed=3), dict(threshold=0.2)):
+        cfg = GenerationConfig(gen_length=24, block_length=8, cache="dual", **kw)
+        for batch in (prompts[:1], prompts):
+            ref = generate_speculative(be, batch, cfg, spec)
+            init = decoder.ModelScorer.__init__
+
+            def no_early_exit(self, *a, **k):
+                init(self, *a, **k)
+                self.early_exit = False
+
+            with monkeypatch.context() as m:
+                m.setattr(decoder.ModelScorer, "__init__", no_early_exit)
+                out = generate_speculative(be, batch, cfg, spec)
+            assert out.token_ids == ref.token_ids and out.nfe == ref.nfe
+            assert (out.stats.accepted, out.stats.rounds) == (ref.stats.accepted, ref.stats.rounds)

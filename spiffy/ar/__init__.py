@@ -8,7 +8,7 @@ _NAMES = {
     "hf_generate": ".decode", "DLLMDrafter": ".drafter", "Draft": ".drafter", "PromptLookupDrafter": ".lookup",
     "DraftGate": ".gate", "NGramModel": ".ngram", "build_ngram": ".ngram", "PathSearchConfig": ".path_search",
     "causal_path_search": ".path_search", "ARResult": ".result", "ARTarget": ".target", "TargetState": ".target",
-    "load_causal_lm": ".target", "DraftTree": ".tree", "branch_points": ".tree",
+    "load_causal_lm": ".target", "DraftTree": ".tree", "branch_alternatives": ".tree",
     "rejection_scores": ".tree", "check_tokenizers": ".vocab", "load_pair": ".pair", "make_drafter": ".pair",
 }
 __all__ = list(_NAMES)

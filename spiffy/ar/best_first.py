@@ -25,8 +25,9 @@ def best_first_tree(q: torch.Tensor, budget: int, stop_ids=(), width: int = 8) -
         return tree, []
     k = min(width, q.shape[1])
     top = q.to(torch.float64).topk(k, dim=-1)
-    logp = top.values.clamp(min=1e-300).log().tolist()
-    toks = top.indices.tolist()
+    host = torch.cat([top.values.clamp(min=1e-300).log(), top.indices.to(torch.float64)], -1).tolist()  # one read
+    logp = [row[:k] for row in host]
+    toks = [[int(t) for t in row[k:]] for row in host]
     stop = set(int(t) for t in stop_ids)
     heap = [(-logp[0][0], 0, 0, -1, 0.0)]   # (-score, depth, rank, parent node, parent score)
     while heap and len(tree) < budget:

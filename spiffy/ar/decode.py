@@ -23,7 +23,7 @@ from .best_first import best_first_tree
 from .gate import CPU_VERIFY_COST, DraftGate
 from .path_search import PathSearchConfig, causal_path_search
 from .result import ARResult
-from .tree import DraftTree, branch_points
+from .tree import DraftTree, branch_alternatives
 from .verify import RULES, accept_prefix, greedy_chain, greedy_tree, sample_chain, sample_tree, target_probs
 
 
@@ -116,12 +116,16 @@ def _before_stop(toks, stop) -> int:
     return len(toks)
 
 
-def _runner_up(q_row: torch.Tensor, taken: int) -> Optional[int]:
-    top = q_row.topk(min(2, q_row.numel()))
-    for p, t in zip(top.values.tolist(), top.indices.tolist()):
-        if t != taken and p > 0:
-            return int(t)
-    return None
+def _read_all(drafts) -> list:
+    """Every draft's tokens, in one read when they are on the device."""
+    if all(isinstance(d.ids, torch.Tensor) for d in drafts):
+        flat = torch.cat([d.ids for d in drafts]).tolist()
+        out, at = [], 0
+        for d in drafts:
+            out.append(flat[at:at + d.ids.numel()])
+            at += d.ids.numel()
+        return out
+    return [d.tokens for d in drafts]
 
 
 @dataclass
@@ -195,10 +199,7 @@ class _Proposer:
         tree = DraftTree()
         tree.add_chain(-1, toks, self.stop)
         rows = []
-        for i in branch_points(conf, self.cfg.tree):
-            alt = _runner_up(dr.q[i], toks[i])
-            if alt is None:
-                continue
+        for i, alt in branch_alternatives(conf, dr.q, toks, self.cfg.tree):
             parent = i - 1
             rest = gamma - i - 1
             if alt in self.stop or rest < 1:
@@ -207,8 +208,8 @@ class _Proposer:
                 rows.append((parent, alt, list(prefix) + toks[:i] + [alt], rest))
         if rows:
             drafts = self.d.draft_batch([r[2] for r in rows], [r[3] for r in rows], self.seed, sample=False)
-            for (parent, alt, _, _), d in zip(rows, drafts):
-                tree.add_chain(parent, [alt] + d.tokens, self.stop)
+            for (parent, alt, _, _), d in zip(rows, _read_all(drafts)):
+                tree.add_chain(parent, [alt] + d, self.stop)
         return Proposal(tree=tree, before=main.before, key=dr.key)
 
 

@@ -48,10 +48,21 @@ def rejection_scores(conf: torch.Tensor) -> torch.Tensor:
     return prefix * (1 - c)
 
 
-def branch_points(conf: torch.Tensor, branches: int, limit: int = None) -> list:
-    """The ``branches`` positions (0-based index of the token to replace) most likely to be rejected."""
+def branch_alternatives(conf: torch.Tensor, q: torch.Tensor, taken: list, branches: int) -> list:
+    """(position, alternative token) at the ``branches`` positions most likely to be rejected (0-based index
+    of the token to replace), in position order; the alternative is the position's most likely token other
+    than ``taken`` (none when it has no probability). One read: the positions with their top-2 tokens."""
     r = rejection_scores(conf)
-    if limit is not None:
-        r = r[:limit]
     k = min(branches, r.numel())
-    return sorted(r.topk(k).indices.tolist()) if k > 0 else []
+    if k <= 0:
+        return []
+    pts = r.topk(k).indices
+    top = q[pts].to(torch.float64).topk(min(2, q.shape[-1]), dim=-1)
+    m = top.values.shape[-1]
+    out = []
+    for row in sorted(torch.cat([pts[:, None].to(torch.float64), top.values, top.indices.to(torch.float64)], 1).tolist()):
+        i = int(row[0])
+        alt = next((int(t) for p, t in zip(row[1:1 + m], row[1 + m:]) if int(t) != taken[i] and p > 0), None)
+        if alt is not None:
+            out.append((i, alt))
+    return out

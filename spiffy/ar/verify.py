@@ -9,9 +9,10 @@ accepted draft draw one more token from p. The output is distributed exactly as 
 sampling, provided d was drawn from q given everything to its left. A deterministic draft is the
 point mass q = δ(d): accept with probability p(d), otherwise draw from p with d removed.
 
-Trees of deterministic candidates use the recursive form: at a node try each child in turn, accept it
-with probability p(child) under the current (residual) p, otherwise zero it out and renormalise; when
-no child survives draw from what is left.
+Trees of deterministic candidates use the recursive form (at a node try each child in turn, accept it
+with probability p(child) under the current residual p, otherwise zero it out; when no child survives draw
+from what is left), computed as the equivalent single draw per level (:func:`sample_tree`). Chains and trees
+are verified on the device and read back once per round.
 """
 from __future__ import annotations
 
@@ -26,14 +27,6 @@ RULES = ("exact", "always", "ratio_no_residual")   # the last two are deliberate
 
 def target_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.to(torch.float64) / temperature, dim=-1)
-
-
-def _draw(p: torch.Tensor, generator) -> int:
-    return int(torch.multinomial(p, 1, generator=generator)[0])
-
-
-def _uniform(generator) -> float:
-    return float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
 
 
 def greedy_chain(draft: list, logits: torch.Tensor) -> tuple[int, int]:
@@ -113,24 +106,32 @@ def greedy_tree(tokens: list, parents: list, logits: torch.Tensor) -> tuple[list
 
 def sample_tree(tokens: list, parents: list, logits: torch.Tensor, temperature: float,
                 generator: torch.Generator) -> tuple[list, int]:
-    """Exact recursive rejection sampling over a tree of deterministic candidates."""
-    ch = _children(parents)
+    """Exact sampling over a tree of deterministic candidates, as tensor code with one read at the end.
+
+    At a node, recursive rejection tries each child c in turn with probability p(c) under what is left of p,
+    and draws from the residual when none survives: child c_i is taken with probability p(c_i), and any other
+    token y comes next with probability p(y). That is one draw x from p: descend when x is a child, else x is
+    the next token; the same joint distribution of (path, next token), drawn on the device level by level."""
     p_all = target_probs(logits, temperature)
-    path, node = [], -1
-    while True:
-        p = p_all[node + 1].clone()
-        nxt = None
-        for c in ch.get(node, []):
-            d = tokens[c]
-            s = float(p.sum())
-            if s <= 0:
-                break
-            if _uniform(generator) < float(p[d]) / s:
-                nxt = c
-                break
-            p[d] = 0.0
-        if nxt is None:
-            s = float(p.sum())
-            return path, _draw(p / s if s > 0 else p_all[node + 1], generator)
-        path.append(nxt)
-        node = nxt
+    dev = p_all.device
+    if not tokens:
+        return [], int(torch.multinomial(p_all[0], 1, generator=generator)[0])
+    depth = [0] * len(parents)
+    for j, p in enumerate(parents):
+        depth[j] = 1 if p < 0 else depth[p] + 1
+    tok = to_device(torch.tensor(tokens, dtype=torch.long), dev)
+    par = to_device(torch.tensor(parents, dtype=torch.long), dev)
+    node = torch.full((), -1, dtype=torch.long, device=dev)
+    live = torch.ones((), dtype=torch.bool, device=dev)
+    nxt = node.clone()
+    steps = []
+    for _ in range(max(depth) + 1):
+        x = torch.multinomial(p_all[node + 1], 1, generator=generator)[0]
+        match = (par == node) & (tok == x)
+        hit = live & match.any()
+        nxt = torch.where(live & ~hit, x, nxt)
+        node = torch.where(hit, match.to(torch.uint8).argmax(), node)
+        steps.append(torch.where(hit, node, -1))
+        live = hit
+    host = torch.cat([torch.stack(steps), nxt[None]]).tolist()        # the round's one read
+    return [j for j in host[:-1] if j >= 0], host[-1]
