@@ -46,3 +46,19 @@ def to_device(t, device):
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+STATIC_GRAPHS = 64   # graphs one compiled function may hold: one per shape (prompt lengths, budgets, layouts)
+
+
+def compile_static(fn, mode=None):
+    """``torch.compile(fn, fullgraph=True, dynamic=False)``: one graph per input shape, a graph break an error.
+    Every new shape is a recompile, and torch refuses more than 8 per function by default (with fullgraph: a hard
+    failure), which a decode of prompts of a dozen lengths would reach; the limit is raised to
+    :data:`STATIC_GRAPHS` (a process-wide torch setting, never lowered)."""
+    import torch
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, STATIC_GRAPHS)
+    return torch.compile(fn, mode=mode, fullgraph=True, dynamic=False)

@@ -169,3 +169,54 @@ def test_verify_and_acceptance_trace_as_one_graph(setting):
     assert len(rnd.nodes) >= 3 and torch.equal(path, cpath)
     n = path.shape[1] * 9 + path.shape[1] + 1           # path, nodes and codes
     assert torch.equal(out[:, :n], cout[:, :n]) and torch.allclose(out, cout)
+
+
+@pytest.mark.parametrize("setting", [dict(), dict(threshold=0.3)])
+def test_compiled_step_sees_the_baselines_shape(monkeypatch, setting):
+    """With a compiled backend at a static shape the greedy step rule is compiled too, and Spiffy's walk applies it
+    to every row of the session: every call of the compiled step, the baseline's and the walk's, has the shape
+    [B, n, V], so both run the same kernels. (torch.compile is replaced by a recorder: shapes, not speed.)"""
+    from spiffy.sampling import loop
+
+    backend = tiny_backend("llada", seed=0, dtype=torch.float32, mlp_hidden_size=72)
+    backend.compiled = "recorded"
+    shapes = []
+
+    def record(fn, **kw):
+        def run(logits, block, n_commit):
+            shapes.append(tuple(logits.shape))
+            return fn(logits, block, n_commit)
+        return run
+
+    monkeypatch.setattr(loop.torch, "compile", record)
+    batch = random_prompts(2, seed=5, lo=5, hi=9)
+    cfg = GenerationConfig(gen_length=24, block_length=12, cache="dual", **setting)
+    spec = SpeculativeConfig(budget=3, static=True, use_calibration=False)
+    base = generate_baseline(backend, batch, spec.static_config(cfg))
+    n_base = len(shapes)
+    out = generate_speculative(backend, batch, cfg, spec)
+    assert out.token_ids == base.token_ids and out.nfe < base.nfe
+    assert n_base == sum(base.block_steps) and len(shapes) > n_base
+    assert set(shapes) == {(2, 12, backend.vocab_size)}
+
+
+def test_compiled_static_batch_equals_compiled_static_baseline():
+    """Two rows, compiled model and compiled step (real torch.compile): static Spiffy = the static baseline."""
+    backend = tiny_backend("llada", seed=0, dtype=torch.float32, mlp_hidden_size=72)
+    batch = random_prompts(2, seed=6, lo=5, hi=9)
+    cfg = GenerationConfig(gen_length=24, block_length=12, cache="dual")
+    spec = SpeculativeConfig(budget=3, static=True, use_calibration=False)
+    backend.compile()
+    base = generate_baseline(backend, batch, spec.static_config(cfg))
+    out = generate_speculative(backend, batch, cfg, spec)
+    assert out.token_ids == base.token_ids and out.nfe < base.nfe
+
+
+def test_compiled_functions_take_a_graph_per_shape_beyond_torchs_default_limit():
+    """One graph per shape (dynamic=False) and fullgraph: torch's default of 8 recompiles per function would be a
+    hard failure at the 9th prompt length; compile_static allows a dozen and more."""
+    from spiffy.devices import compile_static
+
+    f = compile_static(lambda x: (x * 2).sum(-1))
+    for n in range(1, 13):
+        assert torch.equal(f(torch.ones(1, n)), torch.full((1,), 2.0 * n))

@@ -117,10 +117,12 @@ def packed_forward(session, b: int, requests: list, sel=None, counted: bool = Tr
     return [scatter_rows(logits[j, :st.shape[0]], sel, n) for j, (_, st) in enumerate(requests)]
 
 
-def static_forward(session, b: int, requests: list, counted: bool = True) -> list:
+def static_forward(session, b: int, requests: list, counted: bool = True, every_row: bool = False) -> list:
     """The static-shape forward (``cfg.static_drafts = D``, layout ``cfg.static_layout``): every row of the
     session at its own slot with D + 1 states, logits at every block position. ``requests``: (row,
-    states [N_j <= D + 1, n]) for the rows that need a distribution; returns per request [N_j, n, V]."""
+    states [N_j <= D + 1, n]) for the rows that need a distribution; returns per request [N_j, n, V]
+    (``every_row``: per row of the session in order, a request's [N_j, n, V] or another row's current block's
+    [1, n, V])."""
     D, layout = session.cfg.static_drafts, session.cfg.static_layout
     s, e = session.span(b)
     given = dict(requests)
@@ -137,4 +139,6 @@ def static_forward(session, b: int, requests: list, counted: bool = True) -> lis
     else:
         row_of = torch.arange(session.B, device=session.x.device).repeat_interleave(D + 1)
         outs = batch_forward(session, b, row_of, torch.cat([st for _, st in full]), None, counted).split(D + 1)
+    if every_row:
+        return [outs[row][:len(given[row]) if row in given else 1] for row in range(session.B)]
     return [outs[row][:st.shape[0]] for row, st in requests]

@@ -22,11 +22,12 @@ same rule to the distribution (Spiffy's acceptance walk does, on the device, for
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
+from ..devices import compile_static
 from .config import GenerationConfig
 from .noise import step_generator
 from .schedule import block_schedule
@@ -91,10 +92,22 @@ class StepRule:
     eos_id: Optional[int]
     eot_id: Optional[int]
     device: torch.device
+    compiled: object = field(default=None, repr=False)   # the greedy step under torch.compile, when in use
 
     @classmethod
     def of(cls, backend, cfg: GenerationConfig) -> "StepRule":
-        return cls(cfg, sampler_of(backend, cfg), backend.mask_id, backend.eos_id, backend.eot_id, backend.device)
+        """The step of ``backend`` under ``cfg``; compiled (fullgraph) with a compiled backend at a static shape,
+        where the baseline's steps and Spiffy's walk apply it to logits of the same shape, [B, n, V], so both
+        run the same kernels (a step that draws noise stays eager: its generators are made per step)."""
+        rule = cls(cfg, sampler_of(backend, cfg), backend.mask_id, backend.eos_id, backend.eot_id, backend.device)
+        if getattr(backend, "compiled", None) and cfg.static_drafts and not rule.noisy:
+            rule.compiled = compile_static(rule._greedy)
+        return rule
+
+    def _greedy(self, logits, block, n_commit):
+        out = denoise_step(logits, block, self.mask_id, self.cfg, self.sampler, n_commit, None, self.eos_id,
+                           self.eot_id)
+        return out.tokens, out.x0, out.confidence, out.committed
 
     def schedule(self) -> Optional[list]:
         """Tokens committed by each step of a block (None: threshold decoding, until no mask is left)."""
@@ -115,6 +128,8 @@ class StepRule:
             logits = dist[0][None] if len(dist) == 1 else torch.stack(dist)
         else:
             logits = dist
+        if self.compiled is not None:
+            return StepOutcome(*self.compiled(logits, block, n_commit))
         gen = step_generator(self.cfg.seed, b, t, self.device) if self.noisy else None
         return denoise_step(logits, block, self.mask_id, self.cfg, self.sampler, n_commit, gen, self.eos_id,
                             self.eot_id)

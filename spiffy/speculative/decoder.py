@@ -56,19 +56,33 @@ class ModelScorer:
         return self._walk(b, 0, block[:, None], children, self.session.begin_block(b), [1] * B, iters)
 
     def walk(self, b: int, t: int, requests: list, iters: int) -> list:
-        """requests: (row, states [real state, drafts...] as tuples, children [N][N]) -> per request a RoundWalk."""
-        outs = self.score(b, [(row, states) for row, states, _ in requests])
-        N = max(len(states) for _, states, _ in requests)
-        states = [st + [st[0]] * (N - len(st)) for _, st, _ in requests]
-        children = [[r + [False] * (N - len(r)) for r in ch] + [[False] * N] * (N - len(ch)) for _, _, ch in requests]
-        dev = self.session.x.device
+        """requests: (row, states [real state, drafts...] as tuples, children [N][N]) -> per request a RoundWalk.
+        A compiled step (static shapes) walks every row of the session, so that it always sees the baseline's
+        shape [B, n, V]; rows without a request stand on their current block, and their walks are dropped."""
+        s = self.session
+        every = self.step.compiled is not None and len(requests) < s.B
+        outs = self.score(b, [(row, st) for row, st, _ in requests], every_row=every)
+        N = max(len(o) for o in outs)
+        dev = s.x.device
+        given = {row: (st, ch) for row, st, ch in requests}
+        states, children = [], []
+        for row in ([r for r, _, _ in requests] if not every else range(s.B)):
+            st, ch = given.get(row, (None, [[False]]))
+            if st is None:                       # its current block, on the device (the host need not know it)
+                lo, hi = s.span(b)
+                states.append(s.x[row, lo:hi].expand(N, -1))
+            else:
+                states.append(to_device(torch.tensor(st + [st[0]] * (N - len(st))), dev))
+            children.append([r + [False] * (N - len(r)) for r in ch] + [[False] * N] * (N - len(ch)))
         flat = outs[0] if len(outs) == 1 else torch.cat(outs)
-        return self._walk(b, t, to_device(torch.tensor(states), dev), to_device(torch.tensor(children), dev), flat,
-                          [len(o) for o in outs], iters)
+        walks = self._walk(b, t, torch.stack(states), to_device(torch.tensor(children), dev), flat,
+                           [len(o) for o in outs], iters)
+        return walks if not every else [walks[row] for row in given]
 
-    def score(self, b: int, requests: list, counted: bool = True) -> list:
-        """requests: (row, [real state, draft states...] as tuples) -> per request, logits [N_j, n, V]."""
-        return list(verify(self.session, b, requests, self.spec.verify, counted=counted))
+    def score(self, b: int, requests: list, counted: bool = True, every_row: bool = False) -> list:
+        """requests: (row, [real state, draft states...] as tuples) -> per request, logits [N_j, n, V] (static
+        shapes with ``every_row``: per row of the session, see :func:`~spiffy.sampling.layout.static_forward`)."""
+        return list(verify(self.session, b, requests, self.spec.verify, counted=counted, every_row=every_row))
 
     def _walk(self, b, t, states, children, flat, counts, iters) -> list:
         R, n = states.shape[0], states.shape[-1]

@@ -25,14 +25,16 @@ def _masked(state, mask_id: int) -> list:
     return [p for p, t in enumerate(state) if t == mask_id]
 
 
-def verify(session, b: int, requests: list, mode: str, masked_only: bool = True, counted: bool = True) -> list:
+def verify(session, b: int, requests: list, mode: str, masked_only: bool = True, counted: bool = True,
+           every_row: bool = False) -> list:
     """One forward for every request (row, states; the first state of each is the row's real current state):
     per request, logits [N_j, n, V]; by default only at positions still masked in some real state (a step never
     reads the logits of committed positions, and drafts only fill masked ones). ``states``: block states as
     lists of token ids (the proposer's, on the host) or an [N_j, n] tensor. The plan (which rows, which
     positions) is made on the host and uploaded without waiting for the device. Under a static shape
     (``cfg.static_drafts``) it is :func:`~spiffy.sampling.layout.static_forward`: every row at its slot,
-    padded to the shape, every position computed."""
+    padded to the shape, every position computed (``every_row``: the logits of every row of the session, see
+    there)."""
     host = [(row, st.tolist() if isinstance(st, torch.Tensor) else [list(s) for s in st]) for row, st in requests]
     dev = session.x.device
     counts = [len(st) for _, st in host]
@@ -41,7 +43,7 @@ def verify(session, b: int, requests: list, mode: str, masked_only: bool = True,
     if session.cfg.static_drafts:
         if mode != session.cfg.static_layout:
             raise ValueError(f"verify={mode!r} under a static {session.cfg.static_layout!r} shape")
-        return static_forward(session, b, on_device, counted)
+        return static_forward(session, b, on_device, counted, every_row)
     n = len(host[0][1][0])
     masked = [_masked(st[0], session.mask_id) for _, st in host]
     union = sorted(set().union(*masked))
