@@ -51,7 +51,7 @@ def to_device(t, device):
 STATIC_GRAPHS = 64   # graphs one compiled function may hold: one per shape (prompt lengths, budgets, layouts)
 
 
-def compile_static(fn, mode=None):
+def compile_static(fn, mode=None, fullgraph: bool = True):
     """``torch.compile(fn, fullgraph=True, dynamic=False)``: one graph per input shape, a graph break an error.
     Every new shape is a recompile, and torch refuses more than 8 per function by default (with fullgraph: a hard
     failure), which a decode of prompts of a dozen lengths would reach; the limit is raised to
@@ -61,4 +61,4 @@ def compile_static(fn, mode=None):
 
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, STATIC_GRAPHS)
-    return torch.compile(fn, mode=mode, fullgraph=True, dynamic=False)
+    return torch.compile(fn, mode=mode, fullgraph=fullgraph, dynamic=False)

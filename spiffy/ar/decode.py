@@ -139,7 +139,7 @@ class Proposal:
     tree: Optional[DraftTree] = None
     before: int = 0
     key: object = None
-    pending: Optional[torch.Tensor] = None    # a greedy chain still on the device: ``tokens``/``before`` come
+    draft_ids: Optional[torch.Tensor] = None  # a chain still on the device: ``tokens``/``before`` come
     stop: frozenset = frozenset()             # from it, cut after a stop token, once it has been verified
 
     def settle(self, raw: list) -> None:
@@ -185,7 +185,7 @@ class _Proposer:
         dr = self.d.draft(prefix, gamma, self.seed, sample=self.sample and not self.point_mass)
         q = None if (self.point_mass or not self.sample) else dr.q
         if defer and isinstance(dr.ids, torch.Tensor):
-            return Proposal(q=q, key=dr.key, pending=dr.ids, stop=frozenset(self.stop)), dr, None
+            return Proposal(q=q, key=dr.key, draft_ids=dr.ids, stop=frozenset(self.stop)), dr, None
         toks = _cut_after_stop(dr.tokens, self.stop)
         q = None if q is None else q[: len(toks)]
         return Proposal(toks, q, None, _before_stop(dr.tokens, self.stop), dr.key), dr, dr.conf[: len(toks)]
@@ -225,12 +225,12 @@ def chain_round(state, pending: int, prop: Proposal, cfg: ARDecodeConfig, g) -> 
     """Verify a chain in one target forward; keep the accepted prefix of the target's cache. A draft still on
     the device goes into the forward as it is; it comes back with the verdict in one copy."""
     base = state.length
-    if prop.pending is not None:
-        logits = state.extend_on_device(pending, prop.pending)
+    if prop.draft_ids is not None:
+        logits = state.extend_on_device(pending, prop.draft_ids)
         verdict = logits.argmax(-1) if cfg.temperature == 0 else \
-            sample_chain(prop.pending, prop.q, logits, cfg.temperature, g, cfg.accept_rule, prop.stop)
-        host = torch.cat([prop.pending.to(logits.device), verdict]).tolist()   # the round's one read
-        raw, rest = host[:prop.pending.numel()], host[prop.pending.numel():]
+            sample_chain(prop.draft_ids, prop.q, logits, cfg.temperature, g, cfg.accept_rule, prop.stop)
+        host = torch.cat([prop.draft_ids.to(logits.device), verdict]).tolist()   # the round's one read
+        raw, rest = host[:prop.draft_ids.numel()], host[prop.draft_ids.numel():]
         state.note([pending] + raw)
         prop.settle(raw)
         n_acc, nxt = accept_prefix(prop.tokens, rest) if cfg.temperature == 0 else rest

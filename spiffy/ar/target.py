@@ -17,6 +17,7 @@ import torch
 from ..devices import to_device
 from ..errors import ConfigError, ModelLoadError
 from ..timing import ForwardClock
+from .tree import node_depths
 
 
 def _ids(v) -> list[int]:
@@ -185,12 +186,8 @@ class TargetState:
         dev, dt = self.target.device, self.target.dtype
         allow = torch.zeros(n, past + n, dtype=torch.bool, device=dev)
         allow[:, :past] = True
-        depth = [0] * n
-        for j in range(n):
-            p = parents[j]
-            if p >= j:
-                raise ValueError("tree nodes must come after their parents")
-            depth[j] = 1 if p < 0 else depth[p] + 1
+        depth = node_depths(parents)
+        for j, p in enumerate(parents):
             allow[j, past + j] = True
             if p >= 0:
                 allow[j, past:] |= allow[p, past:]

@@ -41,6 +41,17 @@ class DraftTree:
         return out[::-1]
 
 
+def node_depths(parents: list) -> list:
+    """Depth of every node of a tree given as parent indices (-1: a child of the root, depth 1); every node
+    must come after its parent."""
+    depth = []
+    for j, p in enumerate(parents):
+        if p >= j:
+            raise ValueError("tree nodes must come after their parents")
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return depth
+
+
 def rejection_scores(conf: torch.Tensor) -> torch.Tensor:
     """r(i) for i = 0..γ-1: accept the first i tokens, reject token i+1 (0-based index i)."""
     c = conf.to(torch.float64)

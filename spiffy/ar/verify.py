@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from ..devices import to_device
+from .tree import node_depths
 
 RULES = ("exact", "always", "ratio_no_residual")   # the last two are deliberately wrong (tests only)
 
@@ -116,16 +117,13 @@ def sample_tree(tokens: list, parents: list, logits: torch.Tensor, temperature: 
     dev = p_all.device
     if not tokens:
         return [], int(torch.multinomial(p_all[0], 1, generator=generator)[0])
-    depth = [0] * len(parents)
-    for j, p in enumerate(parents):
-        depth[j] = 1 if p < 0 else depth[p] + 1
     tok = to_device(torch.tensor(tokens, dtype=torch.long), dev)
     par = to_device(torch.tensor(parents, dtype=torch.long), dev)
     node = torch.full((), -1, dtype=torch.long, device=dev)
     live = torch.ones((), dtype=torch.bool, device=dev)
     nxt = node.clone()
     steps = []
-    for _ in range(max(depth) + 1):
+    for _ in range(max(node_depths(parents)) + 1):
         x = torch.multinomial(p_all[node + 1], 1, generator=generator)[0]
         match = (par == node) & (tok == x)
         hit = live & match.any()

@@ -83,12 +83,9 @@ class DiffusionBackend:
         baseline: at the same static shape (``SpeculativeConfig(static=True)``) both run the same graph."""
         if mode is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-        if fullgraph:
-            from ..devices import compile_static
+        from ..devices import compile_static
 
-            self._call = compile_static(self.model, mode)
-        else:
-            self._call = torch.compile(self.model, mode=mode, dynamic=False)
+        self._call = compile_static(self.model, mode, fullgraph)
         self.compiled = mode
         return self
 

@@ -138,22 +138,26 @@ def cost_curves(name: str, spec: dict, device: str, context: int, block: int, ro
     return out
 
 
-def identical_rate(device: str, prompts: int, gen_length: int, budgets: list, deadline: float) -> dict:
-    """Baseline vs Spiffy on the bundled reference dLLM on ``device`` (greedy, dual cache)."""
-    from ..backends import load_backend
-    from ..generation import generate
+def probe_prompts(n: int) -> list:
+    """The first ``n`` prompts of the first bundled calibration prompt set (two fixed ones when none ships)."""
     from ..resources import resource_dir
-    from ..speculative import SpeculativeConfig
 
-    t0 = time.time()
-    be = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
     texts = []
     for p in sorted((resource_dir("calibration") / "prompts").glob("*.jsonl"))[:1]:
         texts = [json.loads(line).get("prompt") or json.loads(line).get("question") for line in
                  p.read_text().splitlines() if line.strip()]
-    if not texts:
-        texts = ["What is 12 times 7?", "Write a Python function that adds two numbers."]
-    texts = texts[:prompts]
+    return (texts or ["What is 12 times 7?", "Write a Python function that adds two numbers."])[:n]
+
+
+def identical_rate(device: str, prompts: int, gen_length: int, budgets: list, deadline: float) -> dict:
+    """Baseline vs Spiffy on the bundled reference dLLM on ``device`` (greedy, dual cache)."""
+    from ..backends import load_backend
+    from ..generation import generate
+    from ..speculative import SpeculativeConfig
+
+    t0 = time.time()
+    be = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
+    texts = probe_prompts(prompts)
     common = dict(gen_length=gen_length, block_length=32, cache="dual", early_stop=True)
     out = {"model": be.name, "prompts": len(texts), "gen_length": gen_length, "runs": {}}
     plain = {}
@@ -233,7 +237,6 @@ def replayed_section(spec: dict, device: str, context: int, gen_length: int, pro
 
     from ..backends import load_backend
     from ..backends.backend import DiffusionBackend
-    from ..resources import resource_dir
     from ..sampling.baseline import generate_baseline
     from ..sampling.config import GenerationConfig
     from ..speculative import SpeculativeConfig
@@ -243,11 +246,7 @@ def replayed_section(spec: dict, device: str, context: int, gen_length: int, pro
     t0 = time.time()
     ref = load_backend("spiffy-dllm-ref", device=device, dtype="float32")
     cfg = GenerationConfig(gen_length=gen_length, block_length=32, cache="dual")
-    texts = []
-    for p in sorted((resource_dir("calibration") / "prompts").glob("*.jsonl"))[:1]:
-        texts = [json.loads(line).get("prompt") or json.loads(line).get("question") for line in
-                 p.read_text().splitlines() if line.strip()]
-    texts = (texts or ["What is 12 times 7?"])[:prompts]
+    texts = probe_prompts(prompts)
     traced = [trace_baseline(ref, ref.encode_prompt(t), cfg) for t in texts]
     dt = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     backend = DiffusionBackend(random_model(spec, device, dt), spec["family"], name="random-" + spec["family"])

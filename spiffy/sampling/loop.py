@@ -81,6 +81,9 @@ class Planned:
     tokens: torch.Tensor      # [B, n] on the device
     host: list                # the same rows as lists of ids
 
+    def outcome(self) -> StepOutcome:
+        return StepOutcome(self.tokens, None, None, None, self.host)
+
 
 @dataclass
 class StepRule:
@@ -123,7 +126,7 @@ class StepRule:
 
     def __call__(self, dist, block: torch.Tensor, b: int, t: int, n_commit) -> StepOutcome:
         if isinstance(dist, Planned):
-            return StepOutcome(dist.tokens, None, None, None, dist.host)
+            return dist.outcome()
         if isinstance(dist, list):
             logits = dist[0][None] if len(dist) == 1 else torch.stack(dist)
         else:

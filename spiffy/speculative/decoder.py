@@ -33,7 +33,8 @@ from .config import NearLosslessWarning, SpeculativeConfig
 from .proposer import DraftSource, source_summary
 from .stats import SpeculativeStats
 from .verifier import packed_is_exact, verify
-from .walk import HIT, OFF, SAME, GraphProvider, Timer, acceptance_walk, plan_round, token_ranks_needed
+from .walk import (HIT, OFF, SAME, GraphProvider, Timer, acceptance_walk, path_steps, plan_round,
+                   token_ranks_needed)
 
 NEAR_LOSSLESS_MSG = ("packed verification with cache={cache!r} is only NEAR-lossless on a bidirectional model: "
                      "drafts attend to positions computed with the current block, so outputs may differ from the "
@@ -64,20 +65,21 @@ class ModelScorer:
         outs = self.score(b, [(row, st) for row, st, _ in requests], every_row=every)
         N = max(len(o) for o in outs)
         dev = s.x.device
-        given = {row: (st, ch) for row, st, ch in requests}
-        states, children = [], []
-        for row in ([r for r, _, _ in requests] if not every else range(s.B)):
-            st, ch = given.get(row, (None, [[False]]))
-            if st is None:                       # its current block, on the device (the host need not know it)
-                lo, hi = s.span(b)
-                states.append(s.x[row, lo:hi].expand(N, -1))
-            else:
-                states.append(to_device(torch.tensor(st + [st[0]] * (N - len(st))), dev))
-            children.append([r + [False] * (N - len(r)) for r in ch] + [[False] * N] * (N - len(ch)))
+        given = {row: j for j, (row, _, _) in enumerate(requests)}
+        states = to_device(torch.tensor([st + [st[0]] * (N - len(st)) for _, st, _ in requests]), dev)
+        order = range(s.B) if every else given
+        if every:                                # other rows stand on their current block, on the device
+            lo, hi = s.span(b)
+            states = torch.stack([states[given[row]] if row in given else s.x[row, lo:hi].expand(N, -1)
+                                  for row in order])
+
+        def padded(ch):
+            return [r + [False] * (N - len(r)) for r in ch] + [[False] * N] * (N - len(ch))
+
+        children = [padded(requests[given[row]][2] if row in given else [[False]]) for row in order]
         flat = outs[0] if len(outs) == 1 else torch.cat(outs)
-        walks = self._walk(b, t, torch.stack(states), to_device(torch.tensor(children), dev), flat,
-                           [len(o) for o in outs], iters)
-        return walks if not every else [walks[row] for row in given]
+        walks = self._walk(b, t, states, to_device(torch.tensor(children), dev), flat, [len(o) for o in outs], iters)
+        return [walks[row] for row in given] if every else walks
 
     def score(self, b: int, requests: list, counted: bool = True, every_row: bool = False) -> list:
         """requests: (row, [real state, draft states...] as tuples) -> per request, logits [N_j, n, V] (static
@@ -95,9 +97,9 @@ class ModelScorer:
         walks = []
         for r in range(R):
             h = host[r]
-            ph = h[:I * n].reshape(I, n).astype(np.int64)
+            ph = h[:I * n].reshape(I, n).astype(np.int64).tolist()
             ah, ch = h[I * n:I * n + I + 1].astype(np.int64), h[I * n + I + 1:I * n + 2 * I + 1].astype(np.int64)
-            steps = [(tuple(ph[k].tolist()), path[r, k], int(ch[k]), int(ah[k + 1])) for k in range(I) if ch[k] != OFF]
+            steps = path_steps(ph, path[r], ah, ch)
             walks.append(RoundWalk(steps, DraftSource.from_summary(h[I * n + 2 * I + 1:].reshape(n, -1)),
                                    lambda node, r=r: flat[offs[r] + node]))
         return walks

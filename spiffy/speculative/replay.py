@@ -20,10 +20,9 @@ import torch
 from ..sampling.baseline import generate_baseline
 from ..sampling.config import GenerationConfig
 from ..sampling.loop import Canvas, decode_blocks, sampler_of
-from ..sampling.step import StepOutcome
 from .proposer import DraftSource
 from .stats import SpeculativeStats
-from .walk import OFF, GraphProvider, acceptance_walk, token_ranks_needed
+from .walk import GraphProvider, acceptance_walk, path_steps, token_ranks_needed
 
 
 @dataclass
@@ -87,8 +86,7 @@ class TraceScorer:
         path, at, code = acceptance_walk(lambda k, _: torch.tensor([bt.states[min(t + k + 1, last)]]),
                                          torch.tensor([states]), torch.tensor([children]), self.trace.mask_id,
                                          iters, early_exit=True)
-        steps = [(tuple(path[0, k].tolist()), path[0, k], int(code[0, k]), int(at[0, k + 1]))
-                 for k in range(path.shape[1]) if code[0, k] != OFF]
+        steps = path_steps(path[0].tolist(), path[0], at[0].tolist(), code[0].tolist())
         return [RoundWalk(steps, bt.sources[t + len(steps) - 1])]
 
 
@@ -102,8 +100,7 @@ def replay_trace(trace: Trace, provider: GraphProvider, pruner=None, stats: Opti
     scorer = TraceScorer(trace)
     schedule = trace.blocks[0].schedule
     source = SpeculativeSource(scorer, provider, pruner, trace.mask_id, stats or SpeculativeStats(), 1, schedule)
-    steps = decode_blocks(canvas, source, lambda dist, *_: StepOutcome(dist.tokens, None, None, None, dist.host),
-                          schedule)
+    steps = decode_blocks(canvas, source, lambda planned, *_: planned.outcome(), schedule)
     if steps != [len(bt.states) - 1 for bt in trace.blocks]:
         raise ValueError("the replay did not follow the trace (a trace of another config?)")
     return scorer.calls * (2 if cfg.cfg_scale > 0 else 1)

@@ -147,6 +147,13 @@ def acceptance_walk(step_at, states: torch.Tensor, children: torch.Tensor, mask_
     return torch.stack(paths, 1), torch.stack(ats, 1), torch.stack(codes, 1)
 
 
+def path_steps(states, rows, at, code) -> list:
+    """One row's walk, read back, as the steps on its path: (state as a tuple, the state on the device, its code,
+    the node the walk stands on after it). ``states`` [I, n], ``at`` [I + 1] and ``code`` [I] on the host;
+    ``rows`` [I, n] the same states on the device."""
+    return [(tuple(states[k]), rows[k], int(code[k]), int(at[k + 1])) for k in range(len(code)) if code[k] != OFF]
+
+
 def plan_round(graph: nx.DiGraph, block: Sequence[int], source: DraftSource, mask_id: int,
                upcoming: Optional[Sequence[int]], pruner: Optional[Pruner]) -> Round:
     inst = instantiate(graph, block, source, mask_id, upcoming)
