@@ -102,6 +102,11 @@ CASES = {
                                    "graph.json"], "cost model graph.json"),
     "--cost-model in --mode static": (["bench", "--mode", "static", "--cost-model", "x", "--dataset", "ok.jsonl"],
                                       "--cost-model does not apply to --mode static"),
+    # Spiffy options generated from SpeculativeConfig
+    "negative --prune": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy", "--prune", "-1"],
+                         "prune must be a non-negative integer"),
+    "--calibration-dir that is not a directory": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy",
+                                                   "--calibration-dir", "no-such-dir"], "is not a directory"),
     # the bundled-name lookup does not hide a typo
     "unknown bundled-looking model": (["sample", "--model", "spiffy-no-such-model", "--prompt", "a"], "not found"),
 }

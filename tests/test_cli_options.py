@@ -68,7 +68,7 @@ def test_spiffy_generate_stays_the_function_after_its_module_is_imported():
     assert callable(spiffy.generate) and spiffy.generate.__name__ == "generate"
 
 
-def test_every_speculative_field_is_an_option_and_reaches_the_config(monkeypatch):
+def test_every_speculative_field_is_an_option_and_reaches_the_config(monkeypatch, tmp_path):
     """Spiffy's options are SpeculativeConfig's fields (names, defaults, help); what the command line sets is
     what generate() receives; reading them imports no torch (so `spiffy --help` stays quick)."""
     import subprocess
@@ -91,10 +91,10 @@ def test_every_speculative_field_is_an_option_and_reaches_the_config(monkeypatch
     monkeypatch.setattr(spiffy.generation, "generate", spy)
     r = CliRunner().invoke(main, ["sample", "--model", "tiny-llada", "--prompt", "hi", "--spiffy", "--budget", "3",
                                   "--verify", "packed", "--prune", "2", "--no-use-calibration", "--calibration-dir",
-                                  "cal", "--measure-mismatch", "--allow-mismatch", "--static"])
+                                  str(tmp_path), "--measure-mismatch", "--allow-mismatch", "--static"])
     assert r.exit_code == 0, r.output
     assert dataclasses.asdict(seen["spec"]) == dict(
-        budget=3, graph=None, verify="packed", prune=2, use_calibration=False, calibration_dir="cal",
+        budget=3, graph=None, verify="packed", prune=2, use_calibration=False, calibration_dir=str(tmp_path),
         measure_mismatch=True, allow_mismatch=True, static=True)
     r = CliRunner().invoke(main, ["sample", "--model", "tiny-llada", "--prompt", "hi", "--prune", "2"])
     assert r.exit_code == 2 and "need --spiffy (given: --prune)" in r.output

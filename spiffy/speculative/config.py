@@ -79,6 +79,9 @@ class SpeculativeConfig:
                               f"evaluated per model call (the paper's budgets are 3-10); use at most {MAX_BUDGET}")
         if isinstance(self.prune, bool) or (isinstance(self.prune, int) and self.prune < 0):
             raise ConfigError(f"prune must be a non-negative integer or a Pruner, got {self.prune!r}")
+        if self.calibration_dir is not None and not Path(self.calibration_dir).is_dir():
+            raise ConfigError(f"calibration_dir {str(self.calibration_dir)!r} is not a directory (a typo would "
+                              "silently fall back to the default graph)")
         return self
 
     def static_config(self, cfg, budget: Optional[int] = None):
