@@ -105,6 +105,12 @@ CASES = {
     # Spiffy options generated from SpeculativeConfig
     "negative --prune": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy", "--prune", "-1"],
                          "prune must be a non-negative integer"),
+    "unknown --prune cost table": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy", "--prune",
+                                    "cost:no-such-table"], "no bundled table of that name"),
+    "--prune that is neither": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy", "--prune", "fast"],
+                                "prune must be a non-negative integer or cost:TABLE"),
+    "bench --prune with an unknown cost table": (["bench", "--model", "tiny-llada", "--dataset", "ok.jsonl", "--prune",
+                                                  "cost:no-such-table", "--budgets", "3"], "no bundled table"),
     "--calibration-dir that is not a directory": (["sample", "--model", "tiny-llada", "--prompt", "a", "--spiffy",
                                                    "--calibration-dir", "no-such-dir"], "is not a directory"),
     # the bundled-name lookup does not hide a typo

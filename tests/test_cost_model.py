@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from spiffy import GenerationConfig
 from spiffy.backends.tiny import tiny_backend
-from spiffy.bench.cost_model import CostTable
+from spiffy.costs import CostTable
 from spiffy.cli import main
 from spiffy.errors import ConfigError
 from spiffy.sampling.baseline import generate_baseline

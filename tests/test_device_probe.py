@@ -20,7 +20,7 @@ def test_probe_dry_run(tmp_path):
     comp = saved["identical"]["compiled"]["D3"]
     assert "error" not in comp, comp
     assert comp["compiled_spiffy_equals_compiled_baseline"] and comp["eager_spiffy_s"] > 0
-    from spiffy.bench.cost_model import CostTable
+    from spiffy.costs import CostTable
 
     (tmp_path / "t.json").write_text(json.dumps(saved["cost_tables"]["llada-8b/eager"]))
     assert CostTable.load(str(tmp_path / "t.json")).call_s(32, 64) == saved["cost"]["llada-8b"]["eager"]["1"]

@@ -108,7 +108,7 @@ def resolve_specs(backend, cfg: GenerationConfig, budgets: Sequence[int], verify
     specs = {}
     for D in budgets:
         spec = SpeculativeConfig(budget=D, verify=verify, graph=graph, prune=prune, use_calibration=False,
-                                 allow_mismatch=allow_mismatch)
+                                 allow_mismatch=allow_mismatch).validate()    # a bad --prune fails before decoding
         source = "default"
         if graph is None and use_calibration:
             path = calibrated_graph_for(backend, cfg, sampler_of(backend, cfg), D)
@@ -193,7 +193,7 @@ def run_dllm_bench(backend, prompts: Sequence[list], settings: Sequence[Setting]
 
 def aggregate(records: list, settings: Sequence[Setting], plan: list, vanilla: bool, costs=()) -> dict:
     """Rows of the benchmark from the per-prompt records of :func:`measure_prompt` (in prompt order); ``costs``
-    (:class:`~spiffy.bench.cost_model.CostTable` s) add each row's projected seconds from its calls' shapes."""
+    (:class:`~spiffy.costs.CostTable` s) add each row's projected seconds from its calls' shapes."""
     out = {"rows": [], "outputs": []}
     vanilla_tps = None
     if vanilla:

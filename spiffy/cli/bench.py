@@ -90,7 +90,8 @@ def bench_defaults(f):
               help="Use a calibrated draft graph when calibration/ has one for the model and setting.")
 @click.option("--allow-mismatch", is_flag=True,
               help="Use a calibrated graph even when it was calibrated for another model (experiments only).")
-@click.option("--prune", type=int, default=None, help="Keep the best N nodes per round (runtime pruning).")
+@click.option("--prune", default=None, help="Runtime pruning: N (the best N nodes per round) or cost:TABLE (per "
+              "round, the drafts worth their cost under a cost table).")
 @click.option("--verify", type=click.Choice(["batch", "packed"]), default="batch", show_default=True,
               help="Verification: batch copies (exact) or packed (exact only with cache dual).")
 @click.option("--cache", "caches", multiple=True, default=("none",), show_default=True,
@@ -159,7 +160,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
     from ..bench.machine import machine_info
     from ..datasets import load_prompts
     from ..errors import SpiffyError
-    from ..speculative.config import MAX_BUDGET
+    from ..speculative.config import MAX_BUDGET, SpeculativeConfig
     from ..parse import int_list
     from .sample import config_from
 
@@ -169,6 +170,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         world = sharding.world
         base_cfg = config_from({**kw, "cache": "none", "threshold": None, "tokens_per_step": None, "steps": None})
         budget_list = int_list(budgets, "--budgets", 0, MAX_BUDGET)
+        prune = SpeculativeConfig(prune=prune).validate().prune     # "3" -> 3; a missing cost table fails here
         if graph_file:
             from ..speculative import load_graph
             from ..speculative.graph import budget_of
@@ -179,7 +181,7 @@ def run_spiffy_bench(model, datasets, limit, data_dir, budgets, graph_file, use_
         if not settings:
             raise SpiffyError("no setting to benchmark: give --tokens-per-step and/or --threshold")
         sets = {name: load_prompts(name, limit, data_dir) for name in datasets}   # bad files fail before the model loads
-        from ..bench.cost_model import CostTable
+        from ..costs import CostTable
 
         costs = [CostTable.load(c) for c in cost_model]
         if bench_mode != "spiffy" and world.distributed:

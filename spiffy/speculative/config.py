@@ -36,8 +36,10 @@ class SpeculativeConfig:
         computed with the current block rather than the draft's, so outputs may differ from the
         baseline (a NearLosslessWarning is issued; ``measure_mismatch=True`` counts the differences).
     ``prune``: an int D* (keep the best D* nodes per round by the geometric mean of the picked tokens'
-    probabilities, connected to the root) or a :class:`~spiffy.speculative.proposer.Pruner` with its
-    own score function. ``use_calibration``: look for a calibrated graph (default True);
+    probabilities, connected to the root), ``"cost:<table>"`` (per round, the drafts whose expected saving
+    pays for the wider call under a device cost table: :mod:`spiffy.speculative.cost_pruning`), or a callable
+    ``(graph, instantiation) -> kept nodes`` such as a :class:`~spiffy.speculative.proposer.Pruner` with its
+    own score function. Pruning never changes the output, only how many drafts each call verifies. ``use_calibration``: look for a calibrated graph (default True);
     ``calibration_dir`` overrides the calibration root; a calibrated graph whose model fingerprint differs
     from the model in use is refused unless ``allow_mismatch`` (for experiments). ``measure_mismatch`` (packed, non-dual): re-run
     every accepted draft as a real forward (not counted in NFE) and count next-state differences.
@@ -54,8 +56,10 @@ class SpeculativeConfig:
     verify: str = field(default="batch", metadata={
         "help": "Spiffy verification: batch copies (exact everywhere) or packed (exact with --cache dual, "
                 "near-lossless otherwise).", "choices": VERIFY_MODES})
-    prune: Union[None, int, "Pruner"] = field(default=None, metadata={
-        "help": "Spiffy: verify only the best N draft states per round (runtime pruning).", "type": int})
+    prune: Union[None, int, str, "Pruner"] = field(default=None, metadata={
+        "help": "Spiffy runtime pruning: N (verify the best N draft states per round) or cost:TABLE (per round, the "
+                "drafts whose expected saving pays for the wider call, priced by a cost table: a bundled name such "
+                "as h100-llada8b-bf16, or a JSON file).", "type": str})
     use_calibration: bool = field(default=True, metadata={
         "help": "Spiffy: use the calibrated graph for this model and setting when there is one."})
     calibration_dir: Optional[str] = field(default=None, metadata={
@@ -77,8 +81,11 @@ class SpeculativeConfig:
         if self.graph is None and self.budget > MAX_BUDGET:
             raise ConfigError(f"budget {self.budget} is beyond anything useful: each draft state is one more copy "
                               f"evaluated per model call (the paper's budgets are 3-10); use at most {MAX_BUDGET}")
-        if isinstance(self.prune, bool) or (isinstance(self.prune, int) and self.prune < 0):
-            raise ConfigError(f"prune must be a non-negative integer or a Pruner, got {self.prune!r}")
+        self.prune = prune_value(self.prune)
+        if isinstance(self.prune, str):
+            from ..costs import CostTable
+
+            CostTable.load(self.prune[len("cost:"):])    # a missing or broken table fails here, before decoding
         if self.calibration_dir is not None and not Path(self.calibration_dir).is_dir():
             raise ConfigError(f"calibration_dir {str(self.calibration_dir)!r} is not a directory (a typo would "
                               "silently fall back to the default graph)")
@@ -95,19 +102,39 @@ class SpeculativeConfig:
     def pruner(self):
         from .proposer import Pruner
 
-        if self.prune is None:
+        prune = prune_value(self.prune)
+        if prune is None:
             return None
-        if isinstance(self.prune, int):
-            return Pruner(self.prune)
-        return self.prune
+        if isinstance(prune, int):
+            return Pruner(prune)
+        if isinstance(prune, str):
+            from .cost_pruning import cost_pruner
+
+            return cost_pruner(prune[len("cost:"):])
+        return prune
 
     def to_dict(self) -> dict:
         g = self.graph
         return {"budget": self.budget, "graph": None if g is None else (str(g) if isinstance(g, (str, Path))
                                                                          else "<DiGraph>"),
-                "verify": self.verify, "prune": self.prune if isinstance(self.prune, (int, type(None)))
-                else f"Pruner(keep={self.prune.keep})", "use_calibration": self.use_calibration,
+                "verify": self.verify, "prune": self.prune if isinstance(self.prune, (int, str, type(None)))
+                else repr(self.prune), "use_calibration": self.use_calibration,
                 "measure_mismatch": self.measure_mismatch, "static": self.static}
+
+
+def prune_value(prune):
+    """``prune`` as the decoder takes it: None, an int >= 0, ``"cost:<table>"`` or a pruner (a callable); the
+    CLI's text (``"3"``, ``"cost:h100-llada8b-bf16"``) becomes the first two."""
+    if isinstance(prune, str):
+        text = prune.strip()
+        if text.isdigit():
+            return int(text)
+        if text.startswith("cost:") and text[len("cost:"):]:
+            return text
+        raise ConfigError(f"prune must be a non-negative integer or cost:TABLE, got {prune!r}")
+    if prune is None or callable(prune) or (isinstance(prune, int) and not isinstance(prune, bool) and prune >= 0):
+        return prune
+    raise ConfigError(f"prune must be a non-negative integer, cost:TABLE or a pruner, got {prune!r}")
 
 
 class NearLosslessWarning(UserWarning):

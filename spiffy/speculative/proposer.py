@@ -140,11 +140,18 @@ class Pruner:
         if len(inst.states) <= self.keep:
             return set(inst.states)
         scores = {f: self.score(graph, f, inst) for f in inst.states}
-        kept = set()
-        frontier = {c for c in graph.successors(ROOT) if c in scores}
-        while frontier and len(kept) < self.keep:
-            best = max(frontier, key=lambda f: (scores[f], [-x for x in sum(f, ())]))
-            kept.add(best)
-            frontier.discard(best)
-            frontier |= {c for c in graph.successors(best) if c in scores and c not in kept}
-        return kept
+        return {f for f, _ in best_first(graph, scores, self.keep)}
+
+
+def best_first(graph: nx.DiGraph, scores: dict, limit: Optional[int] = None) -> list:
+    """The scored nodes grown best-first from the root, each after a parent of it: [(node, score)], at most
+    ``limit`` of them (ties: the smaller ranks first)."""
+    out, kept = [], set()
+    frontier = {c for c in graph.successors(ROOT) if c in scores}
+    while frontier and (limit is None or len(out) < limit):
+        best = max(frontier, key=lambda f: (scores[f], [-x for x in sum(f, ())]))
+        out.append((best, scores[best]))
+        kept.add(best)
+        frontier.discard(best)
+        frontier |= {c for c in graph.successors(best) if c in scores and c not in kept}
+    return out
