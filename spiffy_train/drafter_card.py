@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 
-def render(tr: dict, bench: dict | None = None) -> str:
+def render(tr: dict, bench: dict | None = None, shortlist: dict | None = None) -> str:
     r = tr["recipe"]
     d = r["drafter"]
     runs = tr.get("runs", [])
@@ -56,6 +56,15 @@ def render(tr: dict, bench: dict | None = None) -> str:
             "decoding also stops at the end of the answer).", "",
             "The bench figures below are measured: spiffy bench --mode ar, GSM8K test and HumanEval, 5 prompts each, "
             "256 new tokens, 1 thread per process on a 2-core CPU (README: 'A drafter trained for SmolLM2')."]
+    if shortlist:
+        made = ", ".join(f"{k} ({v} texts)" for k, v in shortlist.get("made_from", {}).items())
+        out += ["", "## Vocabulary shortlist (`shortlist.json`)", "",
+                f"At run time the drafter scores {shortlist['size']:,} of the target's ids, "
+                "the most frequent on the training text "
+                f"({made}; {100 * shortlist['coverage_of_counted_tokens']:.1f}% of its {shortlist['tokens_counted']:,} "
+                "tokens), plus every id of the prompt and of the text decoded so far: a cheaper head, the same output "
+                "(the target verifies). `python -m spiffy_train.shortlist` writes it; delete the file to score the "
+                "whole vocabulary."]
     if bench:
         out += ["", "## Measured in decoding (`spiffy bench --mode ar`, from bench.json)", "",
                 "| dataset | strategy | tokens per target call | wall ratio (median) | identical |", "|---|---|---|---|---|"]
@@ -71,4 +80,5 @@ def write(folder: Path):
     folder = Path(folder)
     tr = json.loads((folder / "training.json").read_text())
     bench = json.loads((folder / "bench.json").read_text()) if (folder / "bench.json").exists() else None
-    atomic_write_text(folder / "README.md", render(tr, bench))
+    short = json.loads((folder / "shortlist.json").read_text()) if (folder / "shortlist.json").exists() else None
+    atomic_write_text(folder / "README.md", render(tr, bench, short))

@@ -178,6 +178,75 @@ def test_best_first_tree_holds_the_most_likely_prefixes():
                if stop_tree.parents[j] >= 0)
 
 
+# ------------------------------------------------------------------ vocabulary shortlist
+def _shortlisted(tgt, m, ids):
+    """A runtime of ``m`` with this shortlist (the runtime copies it; the model is left without one)."""
+    m.shortlist = list(ids)
+    try:
+        return BlockDrafter(m, tgt)
+    finally:
+        m.shortlist = None
+
+
+def test_shortlist_scores_the_listed_and_the_seen_ids_only(pair):
+    """With a shortlist the drafter's distribution is the full head's renormalised over shortlist + seen ids, zero
+    elsewhere; the drafted tokens come from it; ids are added as the text brings them; reset starts over."""
+    tgt, m = pair
+    full, short = BlockDrafter(m, tgt), _shortlisted(tgt, m, range(10))
+    assert full.shortlist is None and short.shortlist.tolist() == list(range(10))
+    prefix = [11, 12, 13, 14, 15, 20]
+    for d in (full, short):
+        st = tgt.new_state(d.feature_layers)
+        d.attach(st)
+        st.extend(prefix[:-1])
+    a, b = full.draft(prefix, 4), short.draft(prefix, 4)
+    allowed = sorted(set(range(10)) | set(prefix))
+    off = torch.ones(tgt.vocab_size, dtype=torch.bool)
+    off[allowed] = False
+    assert torch.all(b.q[:, off] == 0) and torch.allclose(b.q.sum(-1), torch.ones(len(b.tokens), dtype=b.q.dtype))
+    want = a.q[:, allowed] / a.q[:, allowed].sum(-1, keepdim=True)
+    assert torch.allclose(b.q[:, allowed], want, atol=1e-9)
+    assert all(t in allowed for t in b.tokens) and b.tokens == [allowed[i] for i in want.argmax(-1).tolist()]
+    assert torch.allclose(b.conf, b.q.gather(1, torch.tensor(b.tokens)[:, None])[:, 0])
+    short.reset()
+    assert short._rows is None
+
+
+def test_shortlist_covering_everything_changes_nothing(pair):
+    tgt, m = pair
+    full, short = BlockDrafter(m, tgt), _shortlisted(tgt, m, range(tgt.vocab_size))
+    for row in greedy_rows(tgt, 2, 5, 1, seed=13):
+        a = generate_ar(tgt, full, row["prompt"], max_new_tokens=16, gate=0.0, draft_length=4, tree_nodes=8)
+        b = generate_ar(tgt, short, row["prompt"], max_new_tokens=16, gate=0.0, draft_length=4, tree_nodes=8)
+        assert a.token_ids == b.token_ids and a.accepted == b.accepted
+
+
+@pytest.mark.parametrize("name", ["chain", "best-first", "redraft"])
+def test_shortlisted_drafter_is_lossless(pair, name):
+    """A shortlist of a few ids (the drafts are often off the target's choice) keeps the output the target's."""
+    tgt, m = pair
+    d = _shortlisted(tgt, m, range(0, tgt.vocab_size, 5))
+    for row in greedy_rows(tgt, 3, 5, 1, seed=14):
+        p = row["prompt"]
+        assert generate_ar(tgt, d, p, max_new_tokens=16, gate=0.0, **STRATEGIES[name]).token_ids == hf_generate(tgt, p, 16)
+
+
+def test_bad_shortlist_file_is_refused(pair, tmp_path):
+    from spiffy.ar.block_model import BlockDrafterModel
+    from spiffy.errors import ModelLoadError
+
+    tgt, m = pair
+    m.save(tmp_path, dtype=torch.float32)
+    assert BlockDrafterModel.load(tmp_path).shortlist is None
+    (tmp_path / "shortlist.json").write_text('{"format": "spiffy-shortlist/1", "ids": [1, 2, 3]}')
+    assert BlockDrafterModel.load(tmp_path).shortlist == [1, 2, 3]
+    for bad in ('{"format": "spiffy-shortlist/1", "ids": [1, 9999]}', '{"ids": [1]}', '{"format": "spiffy-shortl',
+                '{"format": "spiffy-shortlist/1", "ids": []}'):
+        (tmp_path / "shortlist.json").write_text(bad)
+        with pytest.raises(ModelLoadError, match="shortlist"):
+            BlockDrafterModel.load(tmp_path)
+
+
 # ------------------------------------------------------------------ exact speculative sampling (chi-square)
 V, NEW, PROMPT, TEMP, N = 3, 3, [0, 2, 1], 1.0, 300
 

@@ -8,6 +8,13 @@ each committed token and cut back to the longest common prefix when the target's
 A draft is one drafter forward: the block is the pending token (the anchor) and any tokens already chosen
 after it (a re-drafted branch), then mask slots; every slot gets its own distribution, which is what exact
 speculative sampling and best-first trees need.
+
+Vocabulary shortlist (optional, ``shortlist.json`` beside the drafter's weights): the drafter's head is the
+target's, 49,152 rows for SmolLM2, and reading it is most of a drafter call on a CPU. With a shortlist the
+drafter scores only the listed ids plus every id of the text it has seen (the prompt and the committed tokens,
+added as they arrive), and proposes from the softmax over those: a drafter distribution that is zero
+elsewhere. The target's verification is unchanged, so the output is too (greedy: the target's argmax decides;
+sampled: exact speculative sampling holds for any drafter distribution, this one included).
 """
 from __future__ import annotations
 
@@ -70,7 +77,8 @@ class BlockDrafter:
 
     kind = "block"
 
-    def __init__(self, model: BlockDrafterModel, target, temperature: float = 0.0, name: Optional[str] = None):
+    def __init__(self, model: BlockDrafterModel, target, temperature: float = 0.0, name: Optional[str] = None,
+                 shortlist: bool = True):
         check_fit(model, target)
         self.model = model.eval()
         self.model.bind(target.model.get_input_embeddings().weight, target.model.get_output_embeddings().weight)
@@ -78,9 +86,14 @@ class BlockDrafter:
         self.feature_layers = tuple(int(i) for i in model.cfg.target_layers)
         self.temperature = float(temperature)
         self.block = int(model.cfg.block)
-        self.cache = ContextCache()
-        self.state = None
+        self.reset()
         self._name = name or model.cfg.target + "-drafter"
+        ids = model.shortlist if shortlist else None    # the model's own (its folder's shortlist.json), if any
+        self.shortlist = None if ids is None else torch.as_tensor(ids, dtype=torch.long).cpu().unique()
+        if self.shortlist is not None and (self.shortlist.numel() == 0 or self.shortlist[0] < 0
+                                           or self.shortlist[-1] >= target.vocab_size):
+            raise ConfigError(f"a shortlist holds token ids in [0, {target.vocab_size}) (got "
+                              f"{self.shortlist.numel()} ids)")
         self.calls = 0
         self.clock = ForwardClock(target.device)    # CUDA events on a GPU: timing never waits for the device
 
@@ -99,6 +112,24 @@ class BlockDrafter:
     def reset(self):
         self.cache = ContextCache()
         self.state = None
+        self._rows = None       # (ids [S] on the device, their head rows [S, H], the ids as a host set)
+        self._unscored = []     # ids that entered the context since the last draft (for the shortlist's rows)
+
+    def _head_rows(self, seen: list):
+        """The ids the drafter scores and their head rows: the shortlist and every id in ``seen`` (rows are added
+        once, when an id first appears; a new prompt starts again from the shortlist)."""
+        m = self.model
+        dev = m.fc.weight.device
+        if self._rows is None:
+            ids = to_device(self.shortlist, dev)
+            self._rows = (ids, m.head.index_select(0, ids), set(self.shortlist.tolist()))
+        ids, rows, member = self._rows
+        new = sorted({int(t) for t in seen} - member)      # on the host: no device read
+        if new:
+            member.update(new)
+            new = to_device(torch.tensor(new, dtype=torch.long), dev)
+            self._rows = (torch.cat([ids, new]), torch.cat([rows, m.head.index_select(0, new)]), member)
+        return self._rows[0], self._rows[1]
 
     def attach(self, state):
         """Read features from ``state`` (a TargetState of this drafter's target) from now on."""
@@ -133,11 +164,14 @@ class BlockDrafter:
             if st.features is None or st.features.shape[0] != st.length:
                 raise RuntimeError("the target did not keep its features (was the drafter built with it?)")
             self.cache.extend(st.tokens[common:], self._kv(st.features[common:], common))
+            if self.shortlist is not None:
+                self._unscored += st.tokens[common:]
 
     @torch.no_grad()
-    def block_logits(self, known: list) -> torch.Tensor:
-        """Logits [B, slots, V] for rows of ``known`` tokens (the anchor first) placed at the block's start
-        after the current context, the rest of the block masked."""
+    def block_logits(self, known: list) -> tuple:
+        """(logits [B, slots, S], ids [S] or None) for rows of ``known`` tokens (the anchor first) placed at the
+        block's start after the current context, the rest of the block masked: S ids of the shortlist and the seen
+        text (logit j is id ``ids[j]``), or the whole head (ids None: logit j is id j)."""
         m = self.model
         dev = m.fc.weight.device
         C = len(self.cache)
@@ -151,7 +185,12 @@ class BlockDrafter:
             masked[b, : len(row)] = False
         pos = (C + torch.arange(N, device=dev))[None].expand(B, -1)
         kv = self.cache.kv or [None] * len(m.layers)   # attention broadcasts the one cached row over B
-        return m.logits(m.hidden(toks, masked, pos, kv))
+        h = m.hidden(toks, masked, pos, kv)
+        if self.shortlist is None:
+            return m.logits(h), None
+        ids, rows = self._head_rows(self._unscored + [t for row in known for t in row])
+        self._unscored = []
+        return torch.nn.functional.linear(h, rows.to(h.dtype)), ids
 
     @torch.no_grad()
     def draft_batch(self, prefixes: list, gammas: list, seed: int = 0, sample: bool = False) -> list:
@@ -168,22 +207,26 @@ class BlockDrafter:
             if len(p) <= C:
                 raise ConfigError("a prefix must extend the target's committed text by the pending token")
             known.append([int(t) for t in p[C:]])
-        logits = self.block_logits(known).to(torch.float64)
+        logits, ids = self.block_logits(known)
+        logits = logits.to(torch.float64)
         V = self.target.vocab_size
         out = []
         for b, (row, g) in enumerate(zip(known, gammas)):
             n = min(g, self.block - len(row))
             first = len(row) - 1 if self.model.cfg.shift else len(row)   # the slot whose output is the next token
-            lg = logits[b, first: first + n, :V]
+            lg = logits[b, first: first + n, : V if ids is None else None]
             t = self.temperature if sample and self.temperature > 0 else 1.0
             q = torch.softmax(lg / t, dim=-1)
             if sample and self.temperature > 0:
                 gen = step_generator(seed, len(prefixes[b]), 0, q.device)
-                toks = torch.multinomial(q, 1, generator=gen)[:, 0]
+                pick = torch.multinomial(q, 1, generator=gen)[:, 0]
             else:
-                toks = q.argmax(-1)
-            conf = q.gather(1, toks[:, None])[:, 0]
-            out.append(Draft(toks, q, conf))
+                pick = q.argmax(-1)
+            conf = q.gather(1, pick[:, None])[:, 0]
+            if ids is not None:     # back to the target's ids: the distribution is zero off the scored ids
+                pick = ids[pick]
+                q = q.new_zeros(n, V).index_copy_(1, ids, q)
+            out.append(Draft(pick, q, conf))
         self.calls += 1
         self.clock.stop(t0)
         return out

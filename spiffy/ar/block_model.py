@@ -30,6 +30,8 @@ from ..errors import ConfigError, ModelLoadError
 
 MODEL_TYPE = "spiffy-block-drafter"
 WEIGHTS = "drafter.safetensors"
+SHORTLIST = "shortlist.json"
+SHORTLIST_FORMAT = "spiffy-shortlist/1"
 
 
 @dataclass
@@ -117,6 +119,7 @@ class BlockDrafterModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         self._frozen: tuple = ()
+        self.shortlist: Optional[list] = None    # token ids the runtime scores (spiffy.ar.block_drafter), if any
 
     def bind(self, embedding: torch.Tensor, head: torch.Tensor):
         if embedding.shape[-1] != self.cfg.hidden_size or head.shape != (self.cfg.vocab_size, self.cfg.hidden_size):
@@ -190,7 +193,22 @@ class BlockDrafterModel(nn.Module):
             model.load_state_dict({k: v.to(dtype) for k, v in sd.items()})
         except Exception as e:
             raise ModelLoadError(f"{p}: drafter weights could not be loaded: {type(e).__name__}: {e}") from None
+        model.shortlist = read_shortlist(p / SHORTLIST, model.cfg.vocab_size)
         return model.to(device=device, dtype=dtype).eval()
+
+
+def read_shortlist(path: Path, vocab_size: int) -> Optional[list]:
+    """The ids of a drafter's ``shortlist.json`` ({"format": SHORTLIST_FORMAT, "ids": [...]}), or None without one."""
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        ids = [int(i) for i in raw["ids"]] if raw.get("format") == SHORTLIST_FORMAT else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ModelLoadError(f"{path}: unreadable shortlist ({type(e).__name__}: {e})") from None
+    if ids is None or not ids or min(ids) < 0 or max(ids) >= vocab_size:
+        raise ModelLoadError(f"{path}: not a shortlist of token ids in [0, {vocab_size}) (format {SHORTLIST_FORMAT!r})")
+    return ids
 
 
 def is_block_drafter(path) -> bool:
