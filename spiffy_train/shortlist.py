@@ -44,6 +44,7 @@ def build_shortlist(tokenizer, texts: dict, size: int) -> dict:
 def main(argv=None):
     from spiffy.backends.loader import resolve_path
     from spiffy.datasets import resolve_data_dir
+    from spiffy.errors import SpiffyError
     from transformers import AutoTokenizer
 
     ap = argparse.ArgumentParser(description="write a block drafter's vocabulary shortlist (shortlist.json)")
@@ -52,11 +53,20 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    tok = AutoTokenizer.from_pretrained(str(resolve_path(a.target)))
-    res = build_shortlist(tok, training_texts(resolve_data_dir(a.data_dir)), a.size)
+    if a.size < 1:
+        ap.exit(2, f"error: --size must be at least 1 (got {a.size})\n")
+    try:
+        data = resolve_data_dir(a.data_dir)        # before the tokenizer loads: a missing directory fails at once
+        path = resolve_path(a.target)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            ap.exit(2, f"error: the tokenizer of {a.target!r} could not be loaded: {type(e).__name__}: {e}\n")
+        res = build_shortlist(tok, training_texts(data), a.size)
+    except SpiffyError as e:
+        ap.exit(2, f"error: {e}\n")
     atomic_write_json(Path(a.out), res)
     print(json.dumps({k: v for k, v in res.items() if k != "ids"}))
-
 
 if __name__ == "__main__":
     main()

@@ -271,3 +271,24 @@ def test_killed_bench_leaves_no_half_file(work, tmp_path):
         p.wait()
         res = json.loads((out / "bench.json").read_text())    # whole JSON: the old or the new run
         assert set(res) == set(first)
+
+
+SHORTLIST_CASES = {
+    "missing data directory": (["--data-dir", "no-such-dir"], "data directory"),
+    "unknown target": (["--data-dir", ".", "--target", "no-such-model"], "not found"),
+    "size below 1": (["--data-dir", ".", "--size", "0"], "--size must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHORTLIST_CASES), ids=list(SHORTLIST_CASES))
+def test_shortlist_tool_bad_input_is_one_clear_line(tmp_path, case):
+    """`python -m spiffy_train.shortlist` (a drafter's shortlist.json): one error line, no traceback, no file."""
+    args, needle = SHORTLIST_CASES[case]
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "spiffy_train.shortlist", *args, "--out", str(tmp_path / "s.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**ENV, "PYTHONPATH": str(repo)})
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    assert not (tmp_path / "s.json").exists()
