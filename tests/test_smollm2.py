@@ -35,22 +35,33 @@ def target():
 
 @pytest.fixture(scope="module")
 def refs(target, tmp_path_factory, worker_id):
-    """transformers' own greedy decoding of each prompt (chat template applied), computed once and
-    shared by the pytest-xdist workers through a locked file."""
-    from filelock import FileLock
+    """transformers' own greedy decoding of each prompt (chat template applied), computed once and shared by
+    the pytest-xdist workers: one file per prompt, each computed by whichever worker takes its lock first
+    (workers walk the prompts in opposite directions, so two workers split the work instead of one waiting)."""
+    from filelock import FileLock, Timeout
 
-    def compute():
-        return [(ids, hf_generate(target, ids, NEW)) for ids in (target.encode_prompt(r["prompt"]) for r in PROMPTS)]
-
+    ids = [target.encode_prompt(r["prompt"]) for r in PROMPTS]
     if worker_id == "master":
-        return compute()
-    shared = tmp_path_factory.getbasetemp().parent / f"smollm2-refs-{NEW}.json"
-    with FileLock(str(shared) + ".lock"):
-        if shared.exists():
-            return [tuple(x) for x in json.loads(shared.read_text())]
-        out = compute()
-        shared.write_text(json.dumps(out))
-        return out
+        return [(x, hf_generate(target, x, NEW)) for x in ids]
+    shared = tmp_path_factory.getbasetemp().parent / f"smollm2-refs-{NEW}"
+    shared.mkdir(exist_ok=True)
+
+    def ref(i, wait):
+        f = shared / f"{i}.json"
+        try:
+            with FileLock(str(f) + ".lock", timeout=-1 if wait else 0):
+                if not f.exists():
+                    tmp = f.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(hf_generate(target, ids[i], NEW)))
+                    tmp.replace(f)
+        except Timeout:          # another worker is computing it
+            return
+    order = range(len(ids)) if int(worker_id.lstrip("gw") or 0) % 2 == 0 else reversed(range(len(ids)))
+    for i in order:
+        ref(i, wait=False)
+    for i in range(len(ids)):
+        ref(i, wait=True)
+    return [(x, json.loads((shared / f"{i}.json").read_text())) for i, x in enumerate(ids)]
 
 
 @pytest.fixture(scope="module")
