@@ -178,7 +178,7 @@ def render(model_dir, notes: str = "") -> str:
           "The stage lengths (minutes, steps) are in the recipe; `--max-minutes M` is a wall budget for the "
           "whole run, data preparation included, and shrinks the stages proportionally to fit. "
           "`--data-dir` defaults to `spiffy.datasets.default_data_dir()`. On a GPU (`--device cuda`" +
-          ("" if _on_gpu(tr) else "; dry-run on the CPU only, no GPU was lent yet") +
+          ("" if _on_gpu(tr) else "; dry-run on the CPU only, not yet run on a GPU") +
           ") the recipe's `cuda` section applies (bf16 autocast, larger model and batches); "
           "models/device/README.md trains all three reference models that way in one device call. The evaluation "
           "can be split over processes with `--parts`/`--gsm8k-range`/`--range` and merged with `--merge`; the "
