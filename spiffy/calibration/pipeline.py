@@ -199,7 +199,7 @@ def calibrate(backend, rows: Sequence[dict], cfg, cal: CalibrationConfig, out_di
         report["folder"] = f"{model}/{final.name}"
         _check_free(final, force)   # again: another run may have written it meanwhile
         with folder_in_place(final) as tmp:
-            write_artifacts(report, chosen, counts, calib, step_counts, cfg, tmp, rows)
+            write_artifacts(report, chosen, counts, calib, step_counts, cfg, tmp, rows, sampler_of(backend, cfg))
             if plot:
                 plot_set(report, tmp)
             _check_free(final, force)
@@ -249,8 +249,11 @@ def plot_set(report: dict, folder: Path):
     plot_reduction(report, folder / "nfe_reduction.png")
 
 
-def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Path, rows):
-    """Write a set's files into ``folder`` (the temporary folder of :func:`calibrate`)."""
+def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Path, rows, sampler: str):
+    """Write a set's files into ``folder`` (the temporary folder of :func:`calibrate`); each graph carries the
+    acceptance model fitted on the calibration traces (:mod:`spiffy.calibration.acceptance_fit`)."""
+    from .acceptance_fit import fit_acceptance
+
     ps = prompt_set_file(folder, report["folder"], report["prompt_set"], rows)
     sampler = {k: v for k, v in cfg.to_dict().items() if k in ("gen_length", "block_length", "steps", "tokens_per_step",
                                                                   "threshold", "cache", "sampler", "remasking")}
@@ -265,6 +268,9 @@ def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Pat
                 "sampler": sampler, "prompt_set": ps, "objective": report["objective"], "search": report["search"],
                 "budget": D, "token_ranks": report["token_ranks"],
                 "calibration": report["graphs"][str(D)][report["objective"]]["calibration"], "heldout": held}
+        acceptance = fit_acceptance(calib.traces, g, cfg, sampler)
+        if acceptance is not None:
+            meta["acceptance"] = acceptance
         write_graph_artifact(g, folder / f"D{D}.json", meta)
     pg = possibility_graph(counts, calib.chains, step_counts)
     atomic_write_json(folder / "counts.json", {"artifact": "spiffy.calibration.counts", "artifact_version": 1,

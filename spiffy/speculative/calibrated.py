@@ -117,6 +117,10 @@ def check_meta(meta: dict, where: str, backend=None, setting: Optional[str] = No
     if meta.get("artifact_version") != ARTIFACT_VERSION:
         raise ArtifactError(f"{where}: unsupported calibration artifact version {meta.get('artifact_version')!r} "
                             f"(this spiffy reads {ARTIFACT_VERSION})")
+    if "acceptance" in meta:
+        from .acceptance import AcceptanceModel
+
+        AcceptanceModel.from_meta(meta["acceptance"], where)
     if allow_mismatch:
         return
     if backend is not None or fingerprint is not None:

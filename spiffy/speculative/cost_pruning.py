@@ -13,10 +13,16 @@ cost table's curve, :meth:`spiffy.costs.CostTable.call_s`), this pruner
 3. keeps the prefix of k nodes that maximises the expected steps per second of the round,
    ``(1 + sum of the k estimates) / call_s(1 + k)`` (k = 0: the baseline's own step, one state).
 
-The estimate is a ranking heuristic with one free constant: ``scale`` = 2 was chosen on the calibration
+That estimate is a ranking heuristic with one free constant: ``scale`` = 2 was chosen on the calibration
 prompts (GSM8K-train and MBPP-train traces of the reference dLLM, replayed against the H100 LLaDA-8B table),
-never on the held-out sets. Pruning never changes the output: the walk follows verified drafts only, and a
-round without drafts is the baseline's step. What it changes is the width of each call, hence wall-clock.
+never on the held-out sets.
+
+When the graph carries a fitted acceptance model (``meta["acceptance"]``, :mod:`spiffy.speculative.acceptance`,
+written by `spiffy calibrate`), its probability, calibrated on the calibration traces, replaces step 1's
+estimate and has no free constant.
+
+Pruning never changes the output: the walk follows verified drafts only, and a round without drafts is the
+baseline's step. What it changes is the width of each call, hence wall-clock.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Callable
 
 import networkx as nx
 
+from .acceptance import acceptance_model, node_features
 from .graph import ROOT
 from .proposer import Instantiation, best_first
 
@@ -48,7 +55,12 @@ class CostAwarePruner:
         return min(1.0, self.scale * freq * math.prod(inst.pick_probs[node]))
 
     def __call__(self, graph: nx.DiGraph, inst: Instantiation) -> set:
-        order = best_first(graph, {f: self.estimate(graph, f, inst) for f in inst.states})
+        model = acceptance_model(graph)
+        if model is None:
+            scores = {f: self.estimate(graph, f, inst) for f in inst.states}
+        else:
+            scores = {f: model.prob(node_features(graph, f, inst)) for f in inst.states}
+        order = best_first(graph, scores)
         best, keep, expected = 1.0 / self.cost(1), 0, 1.0
         for k, (_, p) in enumerate(order, 1):
             expected += p

@@ -12,7 +12,7 @@ probabilities, and the best ``keep`` nodes that stay connected to the root are v
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import networkx as nx
@@ -81,6 +81,8 @@ class Instantiation:
     states: dict           # node -> tuple of token ids (the block)
     pick_probs: dict       # node -> list of the source probabilities of its picked tokens
     order: list            # masked positions by rank
+    confidence: list = field(default_factory=list)   # the source's top-1 probability of each, by rank
+    block: tuple = ()      # the state the drafts are built on
 
 
 def instantiate(graph: nx.DiGraph, block: Sequence[int], source: DraftSource, mask_id: int,
@@ -110,7 +112,8 @@ def instantiate(graph: nx.DiGraph, block: Sequence[int], source: DraftSource, ma
             pp.append(pr[p][j])
         states[f] = tuple(st)
         probs[f] = pp
-    return Instantiation(states, probs, order)
+    top1 = source.top1
+    return Instantiation(states, probs, order, [float(top1[p]) for p in order], tuple(base))
 
 
 # ---------------------------------------------------------------------------------------------- pruning
