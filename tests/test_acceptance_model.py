@@ -128,3 +128,17 @@ def test_pruning_with_the_fitted_model_is_exact_and_used(tiny_calibration):  # n
     res = generate_speculative(be, [p], cfg, SpeculativeConfig(graph=never, use_calibration=False,
                                                                prune=CostAwarePruner(cost)))
     assert res.stats.drafts_verified == 0 and res.token_ids == generate_baseline(be, [p], cfg).token_ids
+
+
+def test_refit_tool_bad_input_is_one_error_line(tmp_path, capsys):
+    from spiffy.calibration.acceptance_fit import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'}: no D<k>.json graphs to fit"
+    (tmp_path / "D3.json").write_text("{")
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'D3.json'}: not readable JSON") and "\n" not in err
+    (tmp_path / "D3.json").write_text(json.dumps({"meta": {"sampler": {"temperature_band": "T = 0.7"}}}))
+    assert main([str(tmp_path)]) == 2
+    assert "only greedy calibration sets" in capsys.readouterr().err
