@@ -132,8 +132,16 @@ def main(argv=None) -> int:
     ap.add_argument("set_dir")
     ap.add_argument("--model", default=None, help="model to trace with [default: the set's own]")
     ap.add_argument("--raw", action="store_true", help="the set was traced without the chat template")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (one per process when several run side by side) [default: torch's]")
     a = ap.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        ap.error(f"--threads must be at least 1 (got {a.threads})")
     try:
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         from ..backends import load_backend
 
         backend = load_backend(a.model) if a.model else None
