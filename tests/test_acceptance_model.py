@@ -95,6 +95,10 @@ def test_calibration_fits_one_model_per_graph_and_refit_reproduces_it(tiny_calib
         d["meta"]["calibration"]["baseline_calls"] += 1
         (copy / "D2.json").write_text(json.dumps(d))
         refit_set(copy, be, chat=False)
+    from spiffy.backends.tiny import tiny_backend
+
+    with pytest.raises(ArtifactError, match="different model"):
+        refit_set(folder, tiny_backend("llada", seed=1, dtype=torch.float64), chat=False)
     d = json.loads((folder / "D4.json").read_text())
     d["meta"]["acceptance"]["weights"] = [1.0]
     (tmp_path / "D4.json").write_text(json.dumps(d))

@@ -76,7 +76,7 @@ def refit_set(folder, backend=None, chat: bool = True, progress: bool = False) -
     from ..datasets import read_jsonl
     from ..sampling.config import GenerationConfig
     from ..sampling.loop import sampler_of
-    from ..speculative.calibrated import calibration_root
+    from ..speculative.calibrated import calibration_root, check_meta
     from ..speculative.graph import graph_from_dict, graph_to_dict
     from .pipeline import trace_set
 
@@ -106,6 +106,7 @@ def refit_set(folder, backend=None, chat: bool = True, progress: bool = False) -
         raise ArtifactError(f"{prompts}: not the prompt set the set was calibrated on (its hash differs)")
     rows = list(read_jsonl(prompts))
     backend = backend if backend is not None else load_backend(meta["model"])
+    check_meta(meta, str(files[0]), backend)     # the model the set was calibrated for (fingerprint)
     cfg = GenerationConfig(**sampler)
     depth = max(int(d.get("meta", {}).get("budget", 1)) for d in docs.values())
     ts = trace_set(backend, ps.get("name", "calibration"), rows, cfg, depth, int(meta.get("token_ranks", 4)),
