@@ -249,7 +249,7 @@ def plot_set(report: dict, folder: Path):
     plot_reduction(report, folder / "nfe_reduction.png")
 
 
-def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Path, rows, sampler: str):
+def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Path, rows, sampler_name: str):
     """Write a set's files into ``folder`` (the temporary folder of :func:`calibrate`); each graph carries the
     acceptance model fitted on the calibration traces (:mod:`spiffy.calibration.acceptance_fit`)."""
     from .acceptance_fit import fit_acceptance
@@ -268,7 +268,7 @@ def write_artifacts(report, chosen, counts, calib, step_counts, cfg, folder: Pat
                 "sampler": sampler, "prompt_set": ps, "objective": report["objective"], "search": report["search"],
                 "budget": D, "token_ranks": report["token_ranks"],
                 "calibration": report["graphs"][str(D)][report["objective"]]["calibration"], "heldout": held}
-        acceptance = fit_acceptance(calib.traces, g, cfg, sampler)
+        acceptance = fit_acceptance(calib.traces, g, cfg, sampler_name)
         if acceptance is not None:
             meta["acceptance"] = acceptance
         write_graph_artifact(g, folder / f"D{D}.json", meta)
