@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import networkx as nx
 
 from ..errors import ArtifactError
-from .graph import ROOT
+from .graph import node_frequency
 from .proposer import Instantiation
 
 FEATURES = ("log_frequency", "log_pick_prob", "log_gap", "masked_fraction", "adjacent")
@@ -35,8 +35,7 @@ FEATURES = ("log_frequency", "log_pick_prob", "log_gap", "masked_fraction", "adj
 
 def node_features(graph: nx.DiGraph, node, inst: Instantiation) -> list:
     """The :data:`FEATURES` of one instantiated node (``inst`` from :func:`spiffy.speculative.proposer.instantiate`)."""
-    rounds = graph.nodes[ROOT].get("count")
-    freq = graph.nodes[node].get("count", rounds) / rounds if rounds else 1.0
+    freq = node_frequency(graph, node)
     conf = inst.confidence
     last = max(i for i, _ in node)
     gap = conf[last] - (conf[last + 1] if last + 1 < len(conf) else 0.0)

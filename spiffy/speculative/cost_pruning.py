@@ -32,7 +32,7 @@ from typing import Callable
 import networkx as nx
 
 from .acceptance import acceptance_model, node_features
-from .graph import ROOT
+from .graph import node_frequency
 from .proposer import Instantiation, best_first
 
 
@@ -50,9 +50,7 @@ class CostAwarePruner:
         return c
 
     def estimate(self, graph: nx.DiGraph, node, inst: Instantiation) -> float:
-        rounds = graph.nodes[ROOT].get("count")
-        freq = graph.nodes[node].get("count", rounds) / rounds if rounds else 1.0
-        return min(1.0, self.scale * freq * math.prod(inst.pick_probs[node]))
+        return min(1.0, self.scale * node_frequency(graph, node) * math.prod(inst.pick_probs[node]))
 
     def __call__(self, graph: nx.DiGraph, inst: Instantiation) -> set:
         model = acceptance_model(graph)

@@ -82,6 +82,13 @@ def counts_of(graph: nx.DiGraph) -> list:
     return list(graph.graph.get("counts") or [])
 
 
+def node_frequency(graph: nx.DiGraph, node) -> float:
+    """How often the calibration walk reached ``node``: its ``count`` over the root's (the rounds of the
+    calibration traces); 1 for a graph without counts."""
+    rounds = graph.nodes[ROOT].get("count")
+    return graph.nodes[node].get("count", rounds) / rounds if rounds else 1.0
+
+
 def budget_of(graph: nx.DiGraph) -> int:
     """Number of draft nodes (the root is the current state, not a draft)."""
     return graph.number_of_nodes() - (1 if ROOT in graph else 0)
