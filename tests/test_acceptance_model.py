@@ -146,3 +146,12 @@ def test_refit_tool_bad_input_is_one_error_line(tmp_path, capsys):
     (tmp_path / "D3.json").write_text(json.dumps({"meta": {"sampler": {"temperature_band": "T = 0.7"}}}))
     assert main([str(tmp_path)]) == 2
     assert "only greedy calibration sets" in capsys.readouterr().err
+
+
+def test_refit_tool_refuses_zero_threads(capsys):
+    from spiffy.calibration.acceptance_fit import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["anywhere", "--threads", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: --threads must be at least 1 (got 0)")
