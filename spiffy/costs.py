@@ -41,7 +41,10 @@ def _at(pts: list, x: float) -> float:
     return yl * x / xl
 
 
-@dataclass
+_LOADED: dict = {}     # (resolved path, mtime, size) -> CostTable: a decode's config check and its pruner read it once
+
+
+@dataclass(frozen=True)
 class CostTable:
     name: str
     device: str
@@ -62,6 +65,14 @@ class CostTable:
                 raise ConfigError(f"cost model {name_or_path!r}: no such file, and no bundled table of that name "
                                   f"(bundled: {', '.join(have) or 'none'})")
             path = bundled
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _LOADED:
+            _LOADED[key] = cls._parse(path)
+        return _LOADED[key]
+
+    @classmethod
+    def _parse(cls, path: Path) -> "CostTable":
         try:
             raw = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -36,11 +36,14 @@ def test_features_of_a_hand_built_round():
     order = [4, 1, 5, 2]                         # by confidence
     inst = Instantiation({A: (), C: ()}, {A: [0.5], C: [0.5, 0.2]}, order, [0.6, 0.5, 0.3, 0.1], block)
     fa = node_features(g, A, inst)
-    assert fa == pytest.approx([math.log(0.5 + 1e-6), math.log(0.5 + 1e-6), math.log(0.1 + 1e-4), 4 / 6, 1.0])
+    assert list(fa) == list(FEATURES)
+    assert list(fa.values()) == pytest.approx([math.log(0.5 + 1e-6), math.log(0.5 + 1e-6), math.log(0.1 + 1e-4), 4 / 6,
+                                               1.0, 1.0, 0.0, math.log(0.5 + 1e-6)])
     fc = node_features(g, C, inst)             # picks positions 4 (next to 3) and 1 (next to 0); last rank 1
-    assert fc == pytest.approx([math.log(0.2 + 1e-6), math.log(0.1 + 1e-6), math.log(0.2 + 1e-4), 4 / 6, 1.0])
+    assert list(fc.values()) == pytest.approx([math.log(0.2 + 1e-6), math.log(0.1 + 1e-6), math.log(0.2 + 1e-4), 4 / 6,
+                                               1.0, 2.0, 1.0, math.log(0.2 + 1e-6)])
     inst.order = [5, 2, 4, 1]                  # 5 has masked neighbours only, 2 is next to 3
-    assert node_features(g, A, inst)[4] == 0.0 and node_features(g, C, inst)[4] == 0.5
+    assert node_features(g, A, inst)["adjacent"] == 0.0 and node_features(g, C, inst)["adjacent"] == 0.5
 
 
 def test_logistic_fit_recovers_known_weights():
@@ -56,13 +59,50 @@ def test_logistic_fit_recovers_known_weights():
         fit_logistic([[0.0] * 5] * 3, [True] * 3)
 
 
+def test_quadratic_fit_recovers_an_interaction_a_linear_one_cannot():
+    """Acceptance that needs two features at once (here: a probable pick early in the block, z0 * z1) is what the
+    quadratic terms are for; the centre and scale of the features are kept so raw features go in."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20000, 3)) * [2, 0.5, 1] + [3, -1, 0]
+    z = (X - [3, -1, 0]) / [2, 0.5, 1]
+    y = rng.random(20000) < 1 / (1 + np.exp(-(2.0 * z[:, 0] * z[:, 1] - 0.5)))
+    names = ("log_pick_prob", "masked_fraction", "depth")
+    quad = fit_logistic(X.tolist(), y.tolist(), names, "quadratic")
+    lin = fit_logistic(X.tolist(), y.tolist(), names, "linear")
+    assert quad.terms == "quadratic" and len(quad.weights) == 3 + 6 and quad.features == names
+    assert np.allclose(quad.center, X.mean(0)) and np.allclose(quad.scale, X.std(0))
+    # terms z0, z1, z2, z0z0, z0z1, z0z2, z1z1, z1z2, z2z2: the product z0 z1 carries the signal
+    assert quad.weights[4] == pytest.approx(2.0, abs=0.25) and quad.bias == pytest.approx(-0.5, abs=0.2)
+    assert max(abs(w) for i, w in enumerate(quad.weights) if i != 4) < 0.2
+    a_quad = auc([quad.prob(dict(zip(names, x))) for x in X], y)
+    assert a_quad > 0.8 and auc([lin.prob(x) for x in X], y) < 0.6
+    assert quad.prob(dict(zip(names, X[0]))) == quad.prob(list(X[0]))      # by name or in order
+    with pytest.raises(ValueError, match="terms"):
+        fit_logistic(X.tolist(), y.tolist(), names, "cubic")
+    with pytest.raises(ValueError, match="feature columns"):
+        fit_logistic(X.tolist(), y.tolist(), names[:2], "linear")
+
+
 def test_meta_round_trip_and_malformed_models_refused():
     m = AcceptanceModel((1.0, 0.5, 0.2, -1.0, 1.0), 2.0)
     assert AcceptanceModel.from_meta(m.to_meta({"drafts": 3})) == m
     good = m.to_meta()
-    for bad, why in (({**good, "features": ["log_frequency"]}, "features"), ({**good, "weights": [1.0] * 4}, "finite"),
-                     ({**good, "bias": float("nan")}, "finite"), ({**good, "weights": [True] * 5}, "finite"),
-                     ("yes", "features")):
+    legacy = {k: v for k, v in good.items() if k != "terms"}         # the first models were written without terms
+    assert AcceptanceModel.from_meta(legacy) == m
+    q = AcceptanceModel(tuple(round(0.1 * i, 1) for i in range(9)), -1.0, ("depth", "adjacent", "log_gap"), "quadratic",
+                        (1.0, 0.5, -2.0), (0.5, 0.25, 1.0))
+    assert AcceptanceModel.from_meta(q.to_meta()) == q
+    qm = q.to_meta()
+    for bad, why in (({**good, "features": ["log_frequency"]}, "finite weights"),
+                     ({**good, "features": ["log_frequency"] * 5}, "distinct features"),
+                     ({**good, "features": ["nope", "log_gap", "depth", "adjacent", "masked_fraction"]}, "features among"),
+                     ({**good, "features": [["depth"]] * 5}, "features among"),
+                     ({**good, "weights": [1.0] * 4}, "finite"), ({**good, "bias": float("nan")}, "finite"),
+                     ({**good, "weights": [True] * 5}, "finite"), ("yes", "features"),
+                     ({**good, "terms": "cubic"}, "terms"), ({**qm, "weights": [0.0] * 3}, "9 finite weights"),
+                     ({k: v for k, v in qm.items() if k not in ("center", "scale")}, "center and scale"),
+                     ({k: v for k, v in qm.items() if k != "scale"}, "both center and scale"),
+                     ({**qm, "scale": [1.0, 0.0, 1.0]}, "scales positive"), ({**qm, "center": [1.0]}, "3 finite")):
         with pytest.raises(ArtifactError, match=why):
             AcceptanceModel.from_meta(bad)
 
@@ -72,7 +112,8 @@ def test_calibration_fits_one_model_per_graph_and_refit_reproduces_it(tiny_calib
     folder = out.joinpath(*SET)
     for D in (2, 4):
         acc = json.loads((folder / f"D{D}.json").read_text())["meta"]["acceptance"]
-        assert acc["features"] == list(FEATURES) and 0 < acc["fit"]["reached"] < acc["fit"]["drafts"]
+        assert acc["features"] == list(FEATURES) and acc["terms"] == "quadratic"
+        assert 0 < acc["fit"]["reached"] < acc["fit"]["drafts"]
         g = load_graph_artifact(folder / f"D{D}.json", be)
         X, y = acceptance_rows(run.sets["calibration"].traces, g, cfg, "llada")
         assert len(y) == acc["fit"]["drafts"] and sum(y) == acc["fit"]["reached"]
@@ -126,7 +167,7 @@ def test_pruning_with_the_fitted_model_is_exact_and_used(tiny_calibration):  # n
         verified += res.stats.drafts_verified
     assert verified > 0
     never = g.copy()
-    never.graph = {**g.graph, "meta": {**g.graph["meta"], "acceptance": AcceptanceModel((0.0,) * 5, -50.0).to_meta()}}
+    never.graph = {**g.graph, "meta": {**g.graph["meta"], "acceptance": AcceptanceModel((0.0,) * 5, -50.0).to_meta()}}   # a linear one
     never.graph.pop("_acceptance_model", None)
     p = random_prompts(1, seed=11, lo=4, hi=10)[0]
     res = generate_speculative(be, [p], cfg, SpeculativeConfig(graph=never, use_calibration=False,

@@ -17,11 +17,12 @@ from pathlib import Path
 import networkx as nx
 
 from ..errors import ArtifactError, SpiffyError
-from ..speculative.acceptance import fit_logistic, node_features
+from ..speculative.acceptance import FEATURES, fit_logistic, node_features
 
 
 def acceptance_rows(traces, graph: nx.DiGraph, cfg, sampler: str):
-    """Features and labels of every draft of every round of ``traces`` replayed with ``graph``."""
+    """Features (by name, :func:`~spiffy.speculative.acceptance.node_features`) and labels of every draft of every
+    round of ``traces`` replayed with ``graph``."""
     from ..speculative.config import SpeculativeConfig
     from ..speculative.replay import replay_trace
     from ..speculative.walk import GraphProvider
@@ -55,13 +56,13 @@ def auc(scores, labels) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos)))
 
 
-def fit_acceptance(traces, graph: nx.DiGraph, cfg, sampler: str):
-    """The ``meta["acceptance"]`` entry for ``graph`` fitted on ``traces``, or None when the traces hold no
-    accepted or no rejected draft (nothing to fit)."""
+def fit_acceptance(traces, graph: nx.DiGraph, cfg, sampler: str, features=FEATURES, terms: str = "quadratic"):
+    """The ``meta["acceptance"]`` entry for ``graph`` fitted on ``traces`` (by default quadratic terms of all
+    the features), or None when the traces hold no accepted or no rejected draft (nothing to fit)."""
     X, y = acceptance_rows(traces, graph, cfg, sampler)
     if not X or all(y) or not any(y):
         return None
-    model = fit_logistic(X, y)
+    model = fit_logistic([[x[k] for k in features] for x in X], y, tuple(features), terms)
     fit = {"drafts": len(y), "reached": int(sum(y)), "traces": len(traces),
            "auc": round(auc([model.prob(x) for x in X], y), 4)}
     return model.to_meta(fit)
