@@ -33,6 +33,15 @@ def test_pricing(tmp_path):
     assert bundled.call_s(32, 480) == pytest.approx(0.0140) and bundled.call_s(9 * 32, 480) > bundled.call_s(32, 480)
 
 
+def test_a_table_is_parsed_once_per_version_of_its_file(tmp_path):
+    p = table(tmp_path)
+    t = CostTable.load(str(p))
+    assert CostTable.load(str(p)) is t and CostTable.load(str(tmp_path / "." / "t.json")) is t
+    table(tmp_path, block_length=16)             # the file changes: read again
+    t2 = CostTable.load(str(p))
+    assert t2 is not t and t2.block_length == 16 and t.block_length == 8
+
+
 def test_calls_are_recorded_as_run():
     be = tiny_backend("llada")
     cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual")
