@@ -184,7 +184,15 @@ def test_refit_tool_bad_input_is_one_error_line(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {tmp_path / 'D3.json'}: not readable JSON") and "\n" not in err
-    (tmp_path / "D3.json").write_text(json.dumps({"meta": {"sampler": {"temperature_band": "T = 0.7"}}}))
+    (tmp_path / "D3.json").write_text(json.dumps({"meta": {}}))
+    assert main([str(tmp_path)]) == 2
+    assert "not a Spiffy draft graph" in capsys.readouterr().err
+    from spiffy.speculative.defaults import default_graph
+    from spiffy.speculative.graph import graph_to_dict
+
+    sampled = graph_to_dict(default_graph(3))
+    sampled["meta"] = {"sampler": {"temperature_band": "T = 0.7"}}
+    (tmp_path / "D3.json").write_text(json.dumps(sampled))
     assert main([str(tmp_path)]) == 2
     assert "only greedy calibration sets" in capsys.readouterr().err
 

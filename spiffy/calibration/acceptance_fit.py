@@ -9,7 +9,6 @@ them to a set written before models existed (re-tracing the set's own prompts, c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -78,20 +77,15 @@ def refit_set(folder, backend=None, chat: bool = True, progress: bool = False) -
     from ..sampling.config import GenerationConfig
     from ..sampling.loop import sampler_of
     from ..speculative.calibrated import calibration_root, check_meta
-    from ..speculative.graph import graph_from_dict, graph_to_dict
-    from .pipeline import trace_set
+    from ..speculative.graph import graph_to_dict, load_graph
+    from .pipeline import prompt_set_digest, trace_set
 
     folder = Path(folder)
     files = sorted(folder.glob("D*.json"))
     if not files:
         raise ArtifactError(f"{folder}: no D<k>.json graphs to fit")
-    docs = {}
-    for f in files:
-        try:
-            docs[f] = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{f}: not readable JSON ({e})") from None
-    meta = docs[files[0]].get("meta") or {}
+    graphs = {f: load_graph(f) for f in files}
+    meta = graphs[files[0]].graph.get("meta") or {}
     sampler = dict(meta.get("sampler") or {})
     if sampler.pop("temperature_band", None) != "greedy (T = 0)":
         raise ArtifactError(f"{folder}: only greedy calibration sets can be re-traced here")
@@ -103,13 +97,13 @@ def refit_set(folder, backend=None, chat: bool = True, progress: bool = False) -
             break
     if prompts is None:
         raise ArtifactError(f"{folder}: its prompt set {ps.get('file')!r} is not there")
-    if hashlib.blake2b(prompts.read_bytes(), digest_size=8).hexdigest() != ps.get("sha"):
+    if prompt_set_digest(prompts.read_bytes()) != ps.get("sha"):
         raise ArtifactError(f"{prompts}: not the prompt set the set was calibrated on (its hash differs)")
     rows = list(read_jsonl(prompts))
     backend = backend if backend is not None else load_backend(meta["model"])
     check_meta(meta, str(files[0]), backend)     # the model the set was calibrated for (fingerprint)
     cfg = GenerationConfig(**sampler)
-    depth = max(int(d.get("meta", {}).get("budget", 1)) for d in docs.values())
+    depth = max(int((g.graph.get("meta") or {}).get("budget", 1)) for g in graphs.values())
     ts = trace_set(backend, ps.get("name", "calibration"), rows, cfg, depth, int(meta.get("token_ranks", 4)),
                    chat, progress)
     want = (meta.get("calibration") or {}).get("baseline_calls")
@@ -117,8 +111,7 @@ def refit_set(folder, backend=None, chat: bool = True, progress: bool = False) -
         raise ArtifactError(f"{folder}: re-tracing gave {ts.baseline} baseline calls, the set records {want}: "
                             "not the model or setting it was calibrated with")
     written = []
-    for f, d in docs.items():
-        g = graph_from_dict(d, str(f))
+    for f, g in graphs.items():
         entry = fit_acceptance(ts.traces, g, cfg, sampler_of(backend, cfg))
         if entry is None:
             continue

@@ -232,12 +232,17 @@ def _check_free(final: Path, force: bool):
                             "another --out")
 
 
+def prompt_set_digest(data: bytes) -> str:
+    """The ``sha`` recorded for a set's prompts file (checked when the set is re-traced)."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 def prompt_set_file(folder: Path, rel: str, name: str, rows) -> dict:
     """The prompts a set was calibrated on, kept inside the set (``rel``: the set's path under the root)."""
     text = "".join(json.dumps({"id": r.get("id"), "prompt": r["prompt"]}) + "\n" for r in rows)
     atomic_write_text(folder / "prompts.jsonl", text)
     return {"name": name, "size": len(rows), "file": f"{rel}/prompts.jsonl",
-            "sha": hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}
+            "sha": prompt_set_digest(text.encode())}
 
 
 def plot_set(report: dict, folder: Path):
